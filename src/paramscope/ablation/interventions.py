@@ -1,0 +1,249 @@
+"""One intervention abstraction: a unit selection plus an operation, applied as reversible hooks.
+
+Nothing copies the model: `apply` (fixed operations) and `gated` (per-example multiplicative gates,
+so that a batch can carry many variants, and so that gradients with respect to a gate screen every
+unit at once) register forward(-pre) hooks and remove them on exit, also on exceptions.
+
+Every group is cut at one *site*, whose activation is seen as (..., n_units, width):
+
+- heads: input of the attention output projection, (..., n_heads, d_head). The output of that
+  projection mixes all heads, so slicing it would not select a head.
+- neurons: input of the MLP down projection, (..., d_ffn, 1).
+- attn / mlp: the sublayer's contribution to the residual stream (its first output), (..., 1, d_model).
+- layers: the block's contribution, output minus input, (..., 1, d_model); zeroing it makes the block
+  the identity, so the residual stream passes through.
+
+Our hooks are prepended so that any other hook (e.g. transformers' `output_hidden_states` capture)
+sees the intervened values; where contexts nest on one site, the inner context's hook runs first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+from transformers import PreTrainedModel
+
+from paramscope.models.adapters import Adapter, get_adapter
+
+GROUPS: tuple[str, ...] = ("heads", "neurons", "attn", "mlp", "layers")
+OPS: tuple[str, ...] = ("zero", "scale", "mean", "noise")
+Site = tuple[str, int]  # (group, layer)
+Edit = Callable[[Tensor], Tensor]  # (..., n_units, width) -> same shape
+
+
+@dataclass(frozen=True)
+class UnitSpec:
+    """Units of one group in one layer and what to do to them.
+
+    `units` lists heads or neurons (stored sorted and unique, so equal selections hash equally) and
+    is empty for the single-unit groups attn, mlp and layers. `value` is alpha for `scale` and the
+    standard deviation for `noise`; `mean` takes its tensor from `apply(..., means=)`.
+    """
+
+    group: str
+    layer: int
+    units: tuple[int, ...] = ()
+    op: str = "zero"
+    value: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.group not in GROUPS:
+            raise ValueError(f"unknown group '{self.group}'; valid: {', '.join(GROUPS)}")
+        if self.op not in OPS:
+            raise ValueError(f"unknown op '{self.op}'; valid: {', '.join(OPS)}")
+        object.__setattr__(self, "units", tuple(sorted({int(u) for u in self.units})))
+        if self.group in ("heads", "neurons") and not self.units:
+            raise ValueError(f"group '{self.group}' needs at least one unit")
+        if self.group not in ("heads", "neurons") and self.units:
+            raise ValueError(f"group '{self.group}' is a single unit; units must be empty, got {self.units}")
+        if self.op == "noise" and self.value < 0:
+            raise ValueError(f"noise std must be >= 0, got {self.value}")
+
+    @property
+    def site(self) -> Site:
+        return (self.group, self.layer)
+
+
+def n_units(adapter: Adapter, group: str) -> int:
+    """How many units a group has per layer (the size of a gate's last dimension)."""
+    return {"heads": adapter.n_heads, "neurons": adapter.d_ffn}.get(group, 1)
+
+
+def _site_width(adapter: Adapter, group: str) -> int:
+    """Last dimension of a site's activation (the shape a `mean` tensor must have)."""
+    return {"heads": adapter.n_heads * adapter.d_head, "neurons": adapter.d_ffn}.get(group, adapter.d_model)
+
+
+def _as_adapter(target: PreTrainedModel | Adapter) -> Adapter:
+    return target if isinstance(target, Adapter) else get_adapter(target)
+
+
+def _first(output: Tensor | tuple) -> Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _with_first(output: Tensor | tuple, first: Tensor) -> Tensor | tuple:
+    """Put `first` back where `_first` found it: v5 sublayers return tensors or tuples by family."""
+    return (first, *output[1:]) if isinstance(output, tuple) else first
+
+
+def _register(adapter: Adapter, group: str, layer: int, edit: Edit) -> RemovableHandle:
+    """Hook `edit` onto the site of (group, layer); see the module docstring for the cut points."""
+    count = n_units(adapter, group)
+
+    def in_units(x: Tensor) -> Tensor:
+        return edit(x.unflatten(-1, (count, -1))).flatten(-2)
+
+    if group in ("heads", "neurons"):
+        proj = adapter.attn_out_proj(layer) if group == "heads" else adapter.mlp_down_proj(layer)
+
+        def on_input(module: nn.Module, args: tuple) -> tuple:  # v5 calls projections positionally
+            return (in_units(args[0]), *args[1:])
+
+        return proj.register_forward_pre_hook(on_input, prepend=True)
+
+    if group in ("attn", "mlp"):
+        sublayer = adapter.attention(layer) if group == "attn" else adapter.mlp(layer)
+
+        def on_output(module: nn.Module, args: tuple, output: Tensor | tuple) -> Tensor | tuple:
+            return _with_first(output, in_units(_first(output)))
+
+        return sublayer.register_forward_hook(on_output, prepend=True)
+
+    def on_block(module: nn.Module, args: tuple, kwargs: dict, output: Tensor | tuple) -> Tensor | tuple:
+        hidden_in = args[0] if args else kwargs["hidden_states"]
+        return _with_first(output, hidden_in + in_units(_first(output) - hidden_in))
+
+    return adapter.block(layer).register_forward_hook(on_block, with_kwargs=True, prepend=True)
+
+
+def _check_site(adapter: Adapter, group: str, layer: int, units: Sequence[int] = ()) -> None:
+    if group not in GROUPS:
+        raise ValueError(f"unknown group '{group}'; valid: {', '.join(GROUPS)}")
+    if not 0 <= layer < adapter.n_layers:
+        raise ValueError(f"layer {layer} out of range; model has layers 0..{adapter.n_layers - 1}")
+    count = n_units(adapter, group)
+    bad = [u for u in units if not 0 <= u < count]
+    if bad:
+        raise ValueError(f"{group} units {bad} out of range 0..{count - 1} in layer {layer}")
+
+
+def _spec_edit(spec: UnitSpec, mean: Tensor | None, generator: torch.Generator | None) -> Edit:
+    """The fixed operation of `spec` on its selected units; the rest of the site is left as is."""
+    index = list(spec.units) or [0]
+
+    def edit(a: Tensor) -> Tensor:
+        selected = a[..., index, :]
+        if spec.op == "zero":
+            new = torch.zeros_like(selected)
+        elif spec.op == "scale":
+            new = selected * spec.value
+        elif spec.op == "mean":
+            new = mean.reshape(a.shape[-2], a.shape[-1])[index].to(selected).expand_as(selected)
+        else:
+            noise = torch.randn(selected.shape, generator=generator, dtype=selected.dtype, device=selected.device)
+            new = selected + spec.value * noise
+        a = a.clone()  # the site tensor may still be used elsewhere in the forward
+        a[..., index, :] = new
+        return a
+
+    return edit
+
+
+@contextmanager
+def _hooked(adapter: Adapter, edits: Sequence[tuple[Site, Edit]]) -> Iterator[Adapter]:
+    handles: list[RemovableHandle] = []
+    try:
+        for (group, layer), edit in edits:
+            handles.append(_register(adapter, group, layer, edit))
+        yield adapter
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def apply(
+    target: PreTrainedModel | Adapter,
+    specs: Sequence[UnitSpec],
+    means: Mapping[Site, Tensor] | None = None,
+    generator: torch.Generator | None = None,
+) -> Iterator[Adapter]:
+    """Run the model with every spec applied; on exit it is exactly the clean model again.
+
+    `means[(group, layer)]` is the mean site activation for `op="mean"`, shape (site width,) where the
+    width is n_heads * d_head for heads, d_ffn for neurons and d_model otherwise (see `record`).
+    `generator` (on the model's device) makes `noise` reproducible; noise is redrawn on every forward.
+    """
+    adapter = _as_adapter(target)
+    means = means or {}
+    edits: list[tuple[Site, Edit]] = []
+    for spec in specs:
+        _check_site(adapter, spec.group, spec.layer, spec.units)
+        mean = None
+        if spec.op == "mean":
+            if spec.site not in means:
+                raise ValueError(f"op 'mean' on {spec.site} needs means[{spec.site}]")
+            mean = means[spec.site]
+            width = _site_width(adapter, spec.group)
+            if mean.shape != (width,):
+                raise ValueError(f"means[{spec.site}] has shape {tuple(mean.shape)}; expected ({width},)")
+        edits.append((spec.site, _spec_edit(spec, mean, generator)))
+    with _hooked(adapter, edits):
+        yield adapter
+
+
+def _gate_edit(gate: Tensor) -> Edit:
+    def edit(a: Tensor) -> Tensor:
+        shape = (gate.shape[0],) + (1,) * (a.dim() - 3) + (gate.shape[1], 1)
+        return a * gate.reshape(shape).to(a.dtype)
+
+    return edit
+
+
+@contextmanager
+def gated(target: PreTrainedModel | Adapter, gates: Mapping[Site, Tensor]) -> Iterator[Adapter]:
+    """Multiply each site's units by a per-example gate, so that one batch carries many variants.
+
+    `gates[(group, layer)]` has shape (batch, n_units) (batch may be 1 to broadcast; for attn, mlp and
+    layers n_units is 1 and shape (batch,) is accepted). Row b gates example b: 0 ablates, alpha
+    scales, 1 leaves a unit alone, and a gate that requires grad gives attribution-patching gradients.
+    """
+    adapter = _as_adapter(target)
+    edits: list[tuple[Site, Edit]] = []
+    for (group, layer), gate in gates.items():
+        _check_site(adapter, group, layer)
+        count = n_units(adapter, group)
+        gate = gate.reshape(gate.shape[0], -1)
+        if gate.shape[1] != count:
+            raise ValueError(f"gate for {(group, layer)} has {gate.shape[1]} units per row; expected {count}")
+        edits.append(((group, layer), _gate_edit(gate)))
+    with _hooked(adapter, edits):
+        yield adapter
+
+
+@contextmanager
+def record(target: PreTrainedModel | Adapter, sites: Sequence[Site]) -> Iterator[dict[Site, list[Tensor]]]:
+    """Collect (detached) site activations on every forward, e.g. to compute `means` for `apply`.
+
+    Each entry has the site's full last dimension, cut exactly where `apply` and `gated` cut.
+    """
+    adapter = _as_adapter(target)
+    seen: dict[Site, list[Tensor]] = {site: [] for site in sites}
+
+    def keeper(site: Site) -> Edit:
+        def edit(a: Tensor) -> Tensor:
+            seen[site].append(a.detach().flatten(-2))
+            return a
+
+        return edit
+
+    for group, layer in sites:
+        _check_site(adapter, group, layer)
+    with _hooked(adapter, [(site, keeper(site)) for site in sites]):
+        yield seen

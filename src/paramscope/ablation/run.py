@@ -1,0 +1,66 @@
+"""The ablation grid inside one job: every selected model x task x split map for one group/op/value."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from paramscope.ablation.atlas import MAP_GROUPS, MAP_OPS, ablation_map
+from paramscope.errors import StudyError, check_choice
+from paramscope.evaluation.scorer import score
+from paramscope.evaluation.tasks import task_docs
+from paramscope.models import zoo
+from paramscope.models.adapters import get_adapter
+from paramscope.store import cell_key, cell_path, write_cell
+
+log = logging.getLogger(__name__)
+
+
+def selected(cfg: DictConfig, key: str, default: list) -> list[str]:
+    """``model=x``/``task=x`` on the command line narrows the profile's lists to one entry."""
+    value = cfg.get(key)
+    if value is None:
+        return list(default)
+    check_choice(key, value, default)
+    return [value]
+
+
+def check_request(cfg: DictConfig) -> None:
+    check_choice("group", cfg.group, MAP_GROUPS)
+    check_choice("op", cfg.op, MAP_OPS)
+    if cfg.op == "zero" and float(cfg.value) != 0.0:
+        raise StudyError(f"op 'zero' takes no value (got {cfg.value}); use op=scale value={cfg.value}")
+
+
+def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
+    """Compute every missing map of this job; finished maps are found by key and skipped."""
+    check_request(cfg)
+    models = selected(cfg, "model", cfg.ablate.models)
+    tasks = selected(cfg, "task", cfg.tasks)
+    value = float(cfg.value)
+    counts = {"computed": 0, "skipped": 0}
+    for name in models:
+        model, tokenizer = zoo.load(name, Path(cfg.paths.models), device=cfg.device)
+        adapter = get_adapter(model)
+        digest = zoo.digest(model)
+        for task in tasks:
+            for split in cfg.ablate.splits:
+                spec = dict(group=cfg.group, op=cfg.op, value=value, neuron_block=cfg.ablate.neuron_block)
+                key = cell_key(stage="ablate", digest=digest, task=task, split=split, seed=cfg.seed,
+                               n_resamples=cfg.ablate.n_resamples, **spec)
+                path = cell_path("ablate", key, results)
+                if path.exists():
+                    counts["skipped"] += 1
+                    continue
+                docs = task_docs(cfg, task, split, tokenizer).docs
+                clean = score(model, docs, cfg.eval.batch_size)
+                df = ablation_map(adapter, docs, cfg.group, cfg.op, value, clean, cfg.ablate.n_resamples,
+                                  cfg.seed, cfg.eval.batch_size, cfg.ablate.neuron_block)
+                meta = {"model": name, "digest": digest, "task": task, "split": split, "cell": key}
+                write_cell(pd.concat([pd.DataFrame([meta] * len(df)), df], axis=1), path)
+                counts["computed"] += 1
+                log.info("%s %s/%s %s: worst delta_acc %.3f", name, task, split, cfg.group, df.delta_acc.min())
+    return counts

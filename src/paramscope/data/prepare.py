@@ -1,0 +1,46 @@
+"""Build everything the study reads as data: tokenizer, lm-eval task folder, training mixtures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from paramscope.data.lm_eval_tasks import write_task
+from paramscope.data.synthetic import TASKS, Suite, SuiteSpec
+from paramscope.errors import check_choice
+from paramscope.data.tokenizer import word_level_tokenizer
+from paramscope.store import atomic_dir
+
+
+def suite_from_config(cfg: DictConfig) -> Suite:
+    fields = {k: v for k, v in OmegaConf.to_container(cfg.suite, resolve=True).items() if k != "dev_fraction"}
+    return Suite(SuiteSpec(**fields))
+
+
+def check_tasks(tasks: list[str], valid: tuple[str, ...] = TASKS) -> None:
+    for task in tasks:
+        check_choice("task", task, valid)
+
+
+def prepare(cfg: DictConfig, out: Path) -> dict:
+    """Write the suite into ``out`` atomically; returns a summary for logging."""
+    check_tasks(list(cfg.tasks))
+    suite = suite_from_config(cfg)
+    summary: dict = {"vocab_size": len(suite.vocabulary())}
+    with atomic_dir(out) as tmp:
+        word_level_tokenizer(suite.vocabulary()).save_pretrained(tmp / "tokenizer")
+        for task in cfg.tasks:
+            items = suite.eval_items(task)
+            write_task(tmp / "tasks", task, items)
+            summary[f"n_eval/{task}"] = len(items)
+        (tmp / "train").mkdir()
+        for name, ts in cfg.training_sets.items():
+            seqs = suite.training_sequences(
+                ts.n_sequences, dict(ts.mix), ts.items_per_sequence, seed=f"{cfg.seed}-{name}"
+            )
+            (tmp / "train" / f"{name}.txt").write_text("\n".join(seqs) + "\n")
+            summary[f"n_train/{name}"] = len(seqs)
+        (tmp / "manifest.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    return summary

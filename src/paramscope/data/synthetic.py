@@ -1,0 +1,174 @@
+"""The embedded synthetic task suite: four tasks, four mechanisms, generated from one seed.
+
+Every item is a (context, choices, gold) triple, written in a closed word-level vocabulary:
+
+- ``induction``: copy a sequence seen earlier in the context (induction heads).
+- ``kv``: retrieve the value bound to a key earlier in the context (in-context lookup).
+- ``facts``: recall an attribute of an entity from a fixed knowledge base (parametric memory).
+- ``arith``: modular addition and subtraction of two numbers (a memorised algorithmic table).
+
+The training mixture is made of the same generators, several items packed per sequence. For the
+in-context tasks no evaluation item ever occurs in training. For the parametric tasks the facts are by
+construction what training teaches; an evaluation document is a lone item, which never occurs as a
+training sequence because training sequences always pack several items.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from paramscope.errors import StudyError
+
+SEP = ";"
+SPECIAL_TOKENS = ("<pad>", "<unk>", "<eos>")
+TASKS = ("induction", "kv", "facts", "arith")
+RELATIONS = {"lives": "c", "likes": "h"}  # relation -> prefix of its attribute words
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    """Sizes of the suite; profiles change these numbers, never the code."""
+
+    seed: int = 0
+    n_choices: int = 4
+    n_symbols: int = 48
+    induction_len: int = 6
+    kv_pairs: int = 4
+    n_keys: int = 24
+    n_entities: int = 100
+    n_attributes: int = 16
+    modulus: int = 11
+    n_eval: dict[str, int] = field(default_factory=lambda: {"induction": 300, "kv": 300})
+
+
+@dataclass(frozen=True)
+class Item:
+    task: str
+    context: str
+    choices: tuple[str, ...]
+    gold: int
+
+    @property
+    def text(self) -> str:
+        """The item as it appears in training: context followed by the gold answer."""
+        return f"{self.context} {self.choices[self.gold]}"
+
+    def as_doc(self, doc_id: int) -> dict:
+        return {"id": doc_id, "context": self.context, "choices": list(self.choices), "gold": self.gold}
+
+
+class Suite:
+    """Deterministic generators for every task of the suite, plus its vocabulary."""
+
+    def __init__(self, spec: SuiteSpec):
+        self.spec = spec
+        self.symbols = [f"s{i}" for i in range(spec.n_symbols)]
+        self.keys = [f"k{i}" for i in range(spec.n_keys)]
+        self.entities = [f"e{i}" for i in range(spec.n_entities)]
+        self.attributes = {rel: [f"{p}{i}" for i in range(spec.n_attributes)] for rel, p in RELATIONS.items()}
+        self.numbers = [f"n{i}" for i in range(spec.modulus)]
+        kb_rng = random.Random(f"kb-{spec.seed}")
+        self.knowledge = {
+            (e, rel): kb_rng.choice(self.attributes[rel]) for e in self.entities for rel in RELATIONS
+        }
+
+    # Vocabulary -----------------------------------------------------------------------------
+    def vocabulary(self) -> list[str]:
+        words = [*SPECIAL_TOKENS, SEP, ".", "ind", "kv", "fact", "mod", "plus", "minus", "is", *RELATIONS]
+        words += self.symbols + self.keys + self.entities + self.numbers
+        for rel in RELATIONS:
+            words += self.attributes[rel]
+        assert len(set(words)) == len(words), "vocabulary words must be unique"
+        return words
+
+    # Item generators -------------------------------------------------------------------------
+    def _choices(self, rng: random.Random, gold: str, pool: list[str]) -> tuple[tuple[str, ...], int]:
+        distractors = rng.sample([w for w in pool if w != gold], self.spec.n_choices - 1)
+        choices = [gold, *distractors]
+        rng.shuffle(choices)
+        return tuple(choices), choices.index(gold)
+
+    def induction_item(self, rng: random.Random) -> Item:
+        seq = rng.sample(self.symbols, self.spec.induction_len)
+        cut = rng.randrange(1, self.spec.induction_len)
+        context = " ".join(["ind", *seq, ".", *seq[:cut]])
+        # Distractors come from the same sequence, so only position (not presence) identifies the answer.
+        choices, gold = self._choices(rng, seq[cut], seq)
+        return Item("induction", context, choices, gold)
+
+    def kv_item(self, rng: random.Random) -> Item:
+        keys = rng.sample(self.keys, self.spec.kv_pairs)
+        values = rng.sample(self.symbols, self.spec.kv_pairs)
+        q = rng.randrange(self.spec.kv_pairs)
+        pairs = [w for kv in zip(keys, values) for w in kv]
+        context = " ".join(["kv", *pairs, ".", keys[q]])
+        # Distractors are the other values in context, so only the binding identifies the answer.
+        choices, gold = self._choices(rng, values[q], values)
+        return Item("kv", context, choices, gold)
+
+    def fact_items(self) -> list[Item]:
+        rng = random.Random(f"facts-{self.spec.seed}")
+        items = []
+        for (entity, rel), attr in sorted(self.knowledge.items(), key=lambda kv: (int(kv[0][0][1:]), kv[0][1])):
+            choices, gold = self._choices(rng, attr, self.attributes[rel])
+            items.append(Item("facts", f"fact {entity} {rel}", choices, gold))
+        return items
+
+    def arith_items(self) -> list[Item]:
+        rng = random.Random(f"arith-{self.spec.seed}")
+        p = self.spec.modulus
+        items = []
+        for op, fn in (("plus", lambda a, b: (a + b) % p), ("minus", lambda a, b: (a - b) % p)):
+            for a in range(p):
+                for b in range(p):
+                    choices, gold = self._choices(rng, self.numbers[fn(a, b)], self.numbers)
+                    items.append(Item("arith", f"mod {self.numbers[a]} {op} {self.numbers[b]} is", choices, gold))
+        return items
+
+    # Evaluation and training sets ------------------------------------------------------------
+    def eval_items(self, task: str) -> list[Item]:
+        """All evaluation documents of a task (later split into dev and test)."""
+        if task == "facts":
+            return self.fact_items()
+        if task == "arith":
+            return self.arith_items()
+        gen = {"induction": self.induction_item, "kv": self.kv_item}[task]
+        rng = random.Random(f"eval-{task}-{self.spec.seed}")
+        seen: set[str] = set()
+        items: list[Item] = []
+        while len(items) < self.spec.n_eval[task]:
+            item = gen(rng)
+            if item.context not in seen:
+                seen.add(item.context)
+                items.append(item)
+        return items
+
+    def training_sequences(
+        self, n_sequences: int, mix: dict[str, float], items_per_sequence: int, seed: int
+    ) -> list[str]:
+        """Packed training sequences drawn from the task mixture, disjoint from eval contexts."""
+        if not any(w > 0 for w in mix.values()):
+            raise StudyError(f"training mix {mix} has no positive weight; tasks: {', '.join(TASKS)}")
+        unknown = set(mix) - set(TASKS)
+        if unknown:
+            raise StudyError(f"unknown task(s) {sorted(unknown)} in training mix; valid: {', '.join(TASKS)}")
+        rng = random.Random(f"train-{seed}")
+        held_out = {it.context for t in ("induction", "kv") for it in self.eval_items(t)}
+        fixed = {"facts": self.fact_items(), "arith": self.arith_items()}
+        tasks = [t for t in TASKS if mix.get(t, 0) > 0]
+        weights = [mix[t] for t in tasks]
+        sequences = []
+        for _ in range(n_sequences):
+            parts = []
+            for task in rng.choices(tasks, weights, k=items_per_sequence):
+                if task in fixed:
+                    parts.append(rng.choice(fixed[task]).text)
+                    continue
+                gen = self.induction_item if task == "induction" else self.kv_item
+                item = gen(rng)
+                while item.context in held_out:
+                    item = gen(rng)
+                parts.append(item.text)
+            sequences.append(f" {SEP} ".join(parts))
+        return sequences

@@ -1,0 +1,34 @@
+"""Bad input from the user: reported as one line and a non-zero exit, never as a traceback."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class StudyError(Exception):
+    """Something the user asked for does not exist or cannot work; the message names the valid choices."""
+
+
+def check_choice(kind: str, value: object, valid: Iterable[object]) -> None:
+    valid = list(valid)
+    if value not in valid:
+        raise StudyError(f"unknown {kind} '{value}'; valid: {', '.join(map(str, valid))}")
+
+
+def guard(fn: Callable[..., T]) -> Callable[..., T]:
+    """Turn a StudyError raised inside a stage into one stderr line and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except StudyError as e:
+            print(f"paramscope: error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper

@@ -1,0 +1,31 @@
+"""The reference: lm-eval's own HFLM + simple_evaluate on exactly the documents our scorer scores."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from paramscope.evaluation.requests import task_manager
+
+
+def lm_eval_per_doc(
+    model, tokenizer, task_name: str, indices: list[int], include_path: str | Path | None = None, batch_size: int = 64
+) -> dict[int, dict[str, float]]:
+    """Per-document ``acc``/``acc_norm`` from lm-eval, keyed by the task's original doc index."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
+    out = simple_evaluate(
+        model=lm,
+        tasks=[task_name],
+        task_manager=task_manager(include_path),
+        samples={task_name: list(indices)},
+        num_fewshot=0,
+        log_samples=True,
+        bootstrap_iters=0,
+        verbosity="ERROR",
+    )
+    rows = out["samples"][task_name]  # doc_id here is already the original index
+    return {r["doc_id"]: {"acc": r["acc"], "acc_norm": r["acc_norm"]} for r in rows}

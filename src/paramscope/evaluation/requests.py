@@ -1,0 +1,116 @@
+"""Multiple-choice requests taken from lm-eval's own task definitions, tokenised as lm-eval does."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from paramscope.data.splits import check_split, split_indices
+from paramscope.errors import StudyError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Doc:
+    """One document: a context and its candidate continuations, as token ids."""
+
+    doc_id: int
+    context: tuple[int, ...]
+    choices: tuple[tuple[int, ...], ...]
+    choice_chars: tuple[int, ...]  # character lengths, for lm-eval's acc_norm
+    gold: int
+
+
+@dataclass(frozen=True)
+class TaskDocs:
+    task: str  # lm-eval task name
+    split: str
+    docs: tuple[Doc, ...]
+
+    @property
+    def doc_ids(self) -> list[int]:
+        return [d.doc_id for d in self.docs]
+
+
+def task_manager(include_path: str | Path | None):
+    from lm_eval.tasks import TaskManager
+
+    if include_path is None:
+        return TaskManager()
+    return TaskManager(include_path=str(include_path), include_defaults=False)
+
+
+def load_lm_eval_task(name: str, include_path: str | Path | None = None):
+    """The lm-eval Task object for ``name`` (synthetic tasks come from ``include_path``)."""
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-task chatter drowns our logs
+    tm = task_manager(include_path)
+    if name not in tm.all_tasks:
+        valid = sorted(t for t in tm.all_tasks if include_path is None or t.startswith("ps_"))
+        raise StudyError(f"unknown lm-eval task '{name}'; valid: {', '.join(valid[:40])}")
+    return tm.load([name])["tasks"][name]
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-eval HFLM's ``_encode_pair``: trailing context spaces move to the continuation, and the
+    continuation's tokens are what the whole string adds beyond the context's tokens."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces > 0:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = tokenizer.encode(context + continuation, add_special_tokens=False)
+    ctx = tokenizer.encode(context, add_special_tokens=False)
+    if not ctx:  # lm-eval scores an empty context after the end-of-text token
+        ctx = [tokenizer.eos_token_id]
+        whole = ctx + whole
+    return ctx, whole[len(ctx) :]
+
+
+def eval_doc_count(task) -> int:
+    docs = task.test_docs() if task.has_test_docs() else task.validation_docs()
+    return len(docs)
+
+
+def build_docs(
+    task_name: str,
+    tokenizer,
+    split: str,
+    seed: int,
+    dev_fraction: float = 0.5,
+    include_path: str | Path | None = None,
+    limit: int | None = None,
+) -> TaskDocs:
+    """The ``split`` half of a task's evaluation documents, with lm-eval's exact request strings."""
+    check_split(split)
+    task = load_lm_eval_task(task_name, include_path)
+    if task.OUTPUT_TYPE != "multiple_choice":
+        raise StudyError(f"task '{task_name}' has output type {task.OUTPUT_TYPE}; supported: multiple_choice")
+    indices = split_indices(eval_doc_count(task), seed, dev_fraction)[split]
+    if limit is not None:
+        indices = indices[:limit]
+    task.build_all_requests(samples=indices, rank=0, world_size=1)
+    by_doc: dict[int, list] = {}
+    for inst in task.instances:
+        by_doc.setdefault(inst.doc_id, []).append(inst)
+    docs = []
+    for doc_id in sorted(by_doc):
+        insts = sorted(by_doc[doc_id], key=lambda i: i.idx)
+        doc = insts[0].doc
+        choices_text = task.doc_to_choice(doc)
+        gold = task.doc_to_target(doc)
+        gold = choices_text.index(gold) if isinstance(gold, str) else int(gold)
+        pairs = [encode_pair(tokenizer, *inst.args) for inst in insts]
+        context = pairs[0][0]
+        if any(ctx != context for ctx, _ in pairs):
+            raise StudyError(f"task '{task_name}' doc {doc_id}: choices do not share one context")
+        docs.append(
+            Doc(
+                doc_id=indices[doc_id],  # lm-eval numbers sampled docs 0..n-1
+                context=tuple(context),
+                choices=tuple(tuple(c) for _, c in pairs),
+                choice_chars=tuple(len(c) for c in choices_text),
+                gold=gold,
+            )
+        )
+    return TaskDocs(task=task_name, split=split, docs=tuple(docs))

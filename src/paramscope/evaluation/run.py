@@ -1,0 +1,51 @@
+"""Clean evaluation of every model on every task and split, one result cell per combination."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from paramscope.evaluation.scorer import Scores, score
+from paramscope.evaluation.tasks import task_docs
+from paramscope.models import zoo
+from paramscope.store import cell_key, cell_path, write_cell
+
+log = logging.getLogger(__name__)
+
+
+def example_columns(scores: Scores) -> dict[str, list]:
+    """Per-document outcomes kept with each row, so later statistics can pair conditions."""
+    return {
+        "ex_doc_ids": [scores.doc_ids.tolist()],
+        "ex_correct": [scores.correct.tolist()],
+        "ex_correct_norm": [scores.correct_norm.tolist()],
+        "ex_gold_ll": [scores.gold_ll.tolist()],
+    }
+
+
+def evaluate_model(cfg: DictConfig, name: str, results: Path) -> int:
+    """Score one model on every task and split; finished cells are skipped. Returns cells written."""
+    model, tokenizer = zoo.load(name, Path(cfg.paths.models), device=cfg.device)
+    digest = zoo.digest(model)
+    written = 0
+    for task in cfg.tasks:
+        for split in cfg.splits:
+            key = cell_key(stage="eval", digest=digest, task=task, split=split)
+            path = cell_path("eval", key, results)
+            if path.exists():
+                continue
+            docs = task_docs(cfg, task, split, tokenizer)
+            scores = score(model, docs.docs, cfg.eval.batch_size)
+            row = {"model": name, "digest": digest, "task": task, "split": split, **scores.summary()}
+            write_cell(pd.DataFrame({**{k: [v] for k, v in row.items()}, **example_columns(scores)}), path)
+            log.info("%s %s/%s acc=%.3f", name, task, split, row["acc"])
+            written += 1
+    return written
+
+
+def evaluate_all(cfg: DictConfig, results: Path) -> int:
+    return sum(evaluate_model(cfg, name, results) for name in tqdm(cfg.models, desc="evaluate"))

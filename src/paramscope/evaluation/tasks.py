@@ -1,0 +1,30 @@
+"""From the study's task names to lm-eval tasks and their tokenised dev/test documents."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from paramscope.evaluation.requests import TaskDocs, build_docs
+
+
+def lm_eval_task(cfg: DictConfig, task: str) -> tuple[str, str | None]:
+    """(lm-eval task name, include path): synthetic tasks live in the prepared task folder."""
+    if cfg.get("suite") is not None:
+        return f"ps_{task}", str(Path(cfg.paths.tasks))
+    return task, None
+
+
+@lru_cache(maxsize=64)
+def _cached_docs(name: str, include: str | None, tokenizer_key: str, tokenizer, split: str, seed: int, frac: float):
+    return build_docs(name, tokenizer, split, seed, frac, include)
+
+
+def task_docs(cfg: DictConfig, task: str, split: str, tokenizer) -> TaskDocs:
+    """The split's documents, built once per (task, split, tokenizer) within a process."""
+    name, include = lm_eval_task(cfg, task)
+    frac = float(cfg.get("suite", {}).get("dev_fraction", cfg.get("dev_fraction", 0.5)))
+    key = tokenizer.name_or_path + str(len(tokenizer))
+    return _cached_docs(name, include, key, tokenizer, split, int(cfg.seed), frac)

@@ -1,0 +1,163 @@
+"""One architecture adapter per model family: the only place that knows HF module names.
+
+Ablation, transplant, VPS and structure code ask an adapter for a site (block, attention output
+projection, MLP down projection, ...) instead of spelling `gpt_neox.layers.3.attention.dense`, so each
+is written once for every family. Sites are dotted paths, so a family is a handful of strings.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.pytorch_utils import Conv1D
+
+
+def weight_in_out(module: nn.Module) -> torch.Tensor:
+    """The weight of a projection as (d_out, d_in), whether `nn.Linear` or GPT-2's transposed `Conv1D`.
+
+    It is a view of the parameter, so in-place edits (under `torch.no_grad()`) change the model.
+    """
+    if isinstance(module, nn.Linear):
+        return module.weight
+    if isinstance(module, Conv1D):
+        return module.weight.T
+    raise TypeError(f"expected nn.Linear or Conv1D, got {type(module).__name__}")
+
+
+class Adapter:
+    """Names the sites of one family; subclasses only fill in the dotted paths below.
+
+    Sizes are read from the modules, not the config, so that they hold whatever the config calls them
+    (and for Llama/Qwen2, whose `head_dim` need not be d_model / n_heads).
+    """
+
+    family: ClassVar[str]
+    _blocks: ClassVar[str]  # from the model
+    _embeddings: ClassVar[str]
+    _final_norm: ClassVar[str]
+    _attention: ClassVar[str]  # from a block
+    _mlp: ClassVar[str]
+    _attn_out_proj: ClassVar[str]  # from the attention module
+    _mlp_down_proj: ClassVar[str]  # from the MLP module
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+        self.n_layers = len(self.blocks())
+        self.n_heads = model.config.num_attention_heads
+        self.d_model = model.config.hidden_size
+        d_attn = weight_in_out(self.attn_out_proj(0)).shape[1]
+        if d_attn % self.n_heads:
+            raise ValueError(f"attention output projection input {d_attn} is not divisible by {self.n_heads} heads")
+        self.d_head = d_attn // self.n_heads
+        self.d_ffn = weight_in_out(self.mlp_down_proj(0)).shape[1]
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.model.get_submodule(self._blocks))
+
+    def block(self, layer: int) -> nn.Module:
+        if not 0 <= layer < self.n_layers:
+            raise ValueError(f"layer {layer} out of range; {self.family} model has layers 0..{self.n_layers - 1}")
+        return self.model.get_submodule(f"{self._blocks}.{layer}")
+
+    def embeddings(self) -> nn.Module:
+        """The token embedding (GPT-2/Neo also add a separate position embedding)."""
+        return self.model.get_submodule(self._embeddings)
+
+    def final_norm(self) -> nn.Module:
+        return self.model.get_submodule(self._final_norm)
+
+    def unembedding(self) -> nn.Module:
+        return self.model.get_output_embeddings()
+
+    def attention(self, layer: int) -> nn.Module:
+        """The attention sublayer whose (first) output is added to the residual stream."""
+        return self.block(layer).get_submodule(self._attention)
+
+    def mlp(self, layer: int) -> nn.Module:
+        return self.block(layer).get_submodule(self._mlp)
+
+    def attn_out_proj(self, layer: int) -> nn.Module:
+        """Heads are the d_head slices of this module's input (its output mixes all heads)."""
+        return self.attention(layer).get_submodule(self._attn_out_proj)
+
+    def mlp_down_proj(self, layer: int) -> nn.Module:
+        """Neurons are the entries of this module's input."""
+        return self.mlp(layer).get_submodule(self._mlp_down_proj)
+
+    def linear_modules(self) -> dict[str, nn.Module]:
+        """Every attention and MLP projection by full module name (no embeddings, norms or lm_head)."""
+        found: dict[str, nn.Module] = {}
+        for layer in range(self.n_layers):
+            for sub_path, sub in ((self._attention, self.attention(layer)), (self._mlp, self.mlp(layer))):
+                for name, module in sub.named_modules():
+                    if isinstance(module, (nn.Linear, Conv1D)):
+                        found[f"{self._blocks}.{layer}.{sub_path}.{name}"] = module
+        return found
+
+
+class GPTNeoXAdapter(Adapter):
+    family = "gpt_neox"
+    _blocks = "gpt_neox.layers"
+    _embeddings = "gpt_neox.embed_in"
+    _final_norm = "gpt_neox.final_layer_norm"
+    _attention = "attention"
+    _mlp = "mlp"
+    _attn_out_proj = "dense"
+    _mlp_down_proj = "dense_4h_to_h"
+
+
+class GPTNeoAdapter(Adapter):
+    family = "gpt_neo"
+    _blocks = "transformer.h"
+    _embeddings = "transformer.wte"
+    _final_norm = "transformer.ln_f"
+    _attention = "attn"
+    _mlp = "mlp"
+    _attn_out_proj = "attention.out_proj"
+    _mlp_down_proj = "c_proj"
+
+
+class LlamaAdapter(Adapter):
+    """Llama and Qwen2 share one layout."""
+
+    family = "llama"
+    _blocks = "model.layers"
+    _embeddings = "model.embed_tokens"
+    _final_norm = "model.norm"
+    _attention = "self_attn"
+    _mlp = "mlp"
+    _attn_out_proj = "o_proj"
+    _mlp_down_proj = "down_proj"
+
+
+class Qwen2Adapter(LlamaAdapter):
+    family = "qwen2"
+
+
+class GPT2Adapter(Adapter):
+    """GPT-2's projections are `Conv1D` with weight (d_in, d_out); use `weight_in_out`."""
+
+    family = "gpt2"
+    _blocks = "transformer.h"
+    _embeddings = "transformer.wte"
+    _final_norm = "transformer.ln_f"
+    _attention = "attn"
+    _mlp = "mlp"
+    _attn_out_proj = "c_proj"
+    _mlp_down_proj = "c_proj"
+
+
+ADAPTERS: dict[str, type[Adapter]] = {
+    cls.family: cls for cls in (GPT2Adapter, GPTNeoAdapter, GPTNeoXAdapter, LlamaAdapter, Qwen2Adapter)
+}
+
+
+def get_adapter(model: PreTrainedModel) -> Adapter:
+    """The adapter for `model`'s family, chosen by `config.model_type`."""
+    family = model.config.model_type
+    if family not in ADAPTERS:
+        raise ValueError(f"unsupported model family '{family}'; supported: {', '.join(sorted(ADAPTERS))}")
+    return ADAPTERS[family](model)

@@ -1,0 +1,70 @@
+"""The study's models: saved as Hugging Face directories, loaded by name, identified by a digest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from paramscope.errors import StudyError
+from paramscope.store import atomic_dir
+
+MODELS_ROOT = Path(os.environ.get("PARAMSCOPE_MODELS", "models"))
+PROVENANCE = "paramscope.json"
+
+
+def save_model(model, tokenizer, path: Path, provenance: dict) -> None:
+    """Model + tokenizer as safetensors, with where it came from; swapped in only when complete."""
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2, sort_keys=True, default=str))
+
+
+def model_dirs(root: Path | None = None) -> dict[str, Path]:
+    """Every loadable model under the models root: trained ones by name, baselines by their name too."""
+    root = Path(root or MODELS_ROOT)
+    found: dict[str, Path] = {}
+    for base in (root, root / "baselines"):
+        if base.is_dir():
+            for d in sorted(base.iterdir()):
+                if (d / "config.json").is_file():
+                    found.setdefault(d.name, d)
+    return found
+
+
+def resolve(name: str, root: Path | None = None) -> Path:
+    dirs = model_dirs(root)
+    if name not in dirs:
+        valid = ", ".join(dirs) or "none (run `dvc repro` to train and fetch them)"
+        raise StudyError(f"unknown model '{name}' (no directory under {root or MODELS_ROOT}); valid: {valid}")
+    return dirs[name]
+
+
+def load(
+    name: str,
+    root: Path | None = None,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    trust_remote_code: bool = False,
+):
+    """``(model, tokenizer)`` for any model of the study, in eval mode, from its local directory."""
+    path = resolve(name, root)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype or torch.float32, attn_implementation="eager", trust_remote_code=trust_remote_code
+    )
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return model.to(device).eval(), tokenizer
+
+
+def digest(model: torch.nn.Module) -> str:
+    """A content hash of the weights: results are keyed by what a model is, not what it is called."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]

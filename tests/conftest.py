@@ -1,0 +1,42 @@
+"""Shared fixtures: Hydra configs composed as the stages compose them, and a prepared smoke suite."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+def make_cfg(config_name: str, overrides: list[str] | None = None):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides or [])
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Two cores shared with other processes: one torch thread avoids oversubscription stalls."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def smoke_suite(tmp_path_factory):
+    """The smoke profile's data folder (tokenizer, lm-eval tasks, training mixtures)."""
+    from paramscope.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("suite") / "data"
+    cfg = make_cfg("prepare", ["profile=smoke"])
+    prepare(cfg, out)
+    return cfg, out
