@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import struct
 from collections.abc import Iterator
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -37,3 +40,49 @@ def stage_run(cfg: DictConfig, stage: str, name: str | None = None) -> Iterator[
         yield run
     finally:
         run.finish()
+
+
+def _wandb_records(path: Path) -> Iterator[bytes]:
+    """Records of a ``.wandb`` transaction log (LevelDB log format: 32 KiB blocks, 7-byte headers)."""
+    data = path.read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a W&B transaction log")
+    block, pos, pending = 32768, 7, b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # a block's tail too short for a header is zero padding
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 1:  # full
+            yield chunk
+        elif kind == 2:  # first
+            pending = chunk
+        elif kind == 3:  # middle
+            pending += chunk
+        elif kind == 4:  # last
+            yield pending + chunk
+        else:
+            break
+
+
+def read_offline_run(run_dir: str | Path) -> dict[str, dict]:
+    """The config and final summary that an offline run recorded, without syncing it anywhere."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    [log_file] = Path(run_dir).glob("*.wandb")
+    config: dict = {}
+    summary: dict = {}
+    for raw in _wandb_records(log_file):
+        record = pb.Record()
+        record.ParseFromString(raw)
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            config.update({i.key: json.loads(i.value_json) for i in record.run.config.update})
+        elif kind == "config":
+            config.update({i.key: json.loads(i.value_json) for i in record.config.update})
+        elif kind == "summary":
+            summary.update({i.key: json.loads(i.value_json) for i in record.summary.update})
+    return {"config": config, "summary": summary}

@@ -41,7 +41,11 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
     models = selected(cfg, "model", cfg.ablate.models)
     tasks = selected(cfg, "task", cfg.tasks)
     value = float(cfg.value)
+    prefix = f"{cfg.group}-{cfg.op}-{value:g}-"  # lets a job find its own cells among all others
+    planned: set[Path] = set()
     counts = {"computed": 0, "skipped": 0}
+    for name in models:  # every model must exist before any work starts
+        zoo.resolve(name, Path(cfg.paths.models))
     for name in models:
         model, tokenizer = zoo.load(name, Path(cfg.paths.models), device=cfg.device)
         adapter = get_adapter(model)
@@ -49,9 +53,10 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
         for task in tasks:
             for split in cfg.ablate.splits:
                 spec = dict(group=cfg.group, op=cfg.op, value=value, neuron_block=cfg.ablate.neuron_block)
-                key = cell_key(stage="ablate", digest=digest, task=task, split=split, seed=cfg.seed,
-                               n_resamples=cfg.ablate.n_resamples, **spec)
+                key = prefix + cell_key(stage="ablate", digest=digest, task=task, split=split, seed=cfg.seed,
+                                        n_resamples=cfg.ablate.n_resamples, **spec)
                 path = cell_path("ablate", key, results)
+                planned.add(path)
                 if path.exists():
                     counts["skipped"] += 1
                     continue
@@ -63,4 +68,14 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
                 write_cell(pd.concat([pd.DataFrame([meta] * len(df)), df], axis=1), path)
                 counts["computed"] += 1
                 log.info("%s %s/%s %s: worst delta_acc %.3f", name, task, split, cfg.group, df.delta_acc.min())
+    if cfg.model is None and cfg.task is None:
+        counts["pruned"] = prune_stale(results, prefix, planned)
     return counts
+
+
+def prune_stale(results: Path, prefix: str, planned: set[Path]) -> int:
+    """Drop this job's cells that the full grid no longer plans (e.g. made for a retrained model)."""
+    stale = [p for p in (results / "ablate").glob(f"{prefix}*.parquet") if p not in planned]
+    for p in stale:
+        p.unlink()
+    return len(stale)

@@ -33,7 +33,7 @@ class SuiteSpec:
     seed: int = 0
     n_choices: int = 4
     n_symbols: int = 48
-    induction_len: int = 6
+    induction_len: tuple[int, int] = (4, 8)  # min, max; a varying length defeats fixed-offset copying
     kv_pairs: int = 4
     n_keys: int = 24
     n_entities: int = 100
@@ -90,19 +90,24 @@ class Suite:
         return tuple(choices), choices.index(gold)
 
     def induction_item(self, rng: random.Random) -> Item:
-        seq = rng.sample(self.symbols, self.spec.induction_len)
-        cut = rng.randrange(1, self.spec.induction_len)
+        length = rng.randint(*self.spec.induction_len)
+        seq = rng.sample(self.symbols, length)
+        cut = rng.randrange(1, length)
         context = " ".join(["ind", *seq, ".", *seq[:cut]])
         # Distractors come from the same sequence, so only position (not presence) identifies the answer.
         choices, gold = self._choices(rng, seq[cut], seq)
         return Item("induction", context, choices, gold)
 
-    def kv_item(self, rng: random.Random) -> Item:
+    def kv_item(self, rng: random.Random, n_queries: int = 1) -> Item:
+        """Bindings, then queries; all but the last are answered in the context (training uses
+        several queries per item for a denser retrieval signal; evaluation asks one)."""
         keys = rng.sample(self.keys, self.spec.kv_pairs)
         values = rng.sample(self.symbols, self.spec.kv_pairs)
-        q = rng.randrange(self.spec.kv_pairs)
+        order = rng.sample(range(self.spec.kv_pairs), n_queries)
+        answered = [w for i in order[:-1] for w in (keys[i], values[i])]
+        q = order[-1]
         pairs = [w for kv in zip(keys, values) for w in kv]
-        context = " ".join(["kv", *pairs, ".", keys[q]])
+        context = " ".join(["kv", *pairs, ".", *answered, keys[q]])
         # Distractors are the other values in context, so only the binding identifies the answer.
         choices, gold = self._choices(rng, values[q], values)
         return Item("kv", context, choices, gold)
@@ -165,10 +170,14 @@ class Suite:
                 if task in fixed:
                     parts.append(rng.choice(fixed[task]).text)
                     continue
-                gen = self.induction_item if task == "induction" else self.kv_item
-                item = gen(rng)
+                def gen() -> Item:
+                    if task == "induction":
+                        return self.induction_item(rng)
+                    return self.kv_item(rng, n_queries=rng.randint(1, self.spec.kv_pairs))
+
+                item = gen()
                 while item.context in held_out:
-                    item = gen(rng)
+                    item = gen()
                 parts.append(item.text)
             sequences.append(f" {SEP} ".join(parts))
         return sequences

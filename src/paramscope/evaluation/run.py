@@ -48,4 +48,6 @@ def evaluate_model(cfg: DictConfig, name: str, results: Path) -> int:
 
 
 def evaluate_all(cfg: DictConfig, results: Path) -> int:
+    for name in cfg.models:  # every model must exist before any work starts
+        zoo.resolve(name, Path(cfg.paths.models))
     return sum(evaluate_model(cfg, name, results) for name in tqdm(cfg.models, desc="evaluate"))

@@ -1,0 +1,100 @@
+"""Stages as a user runs them: bad input gets one clear line and no output; W&B records offline runs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from paramscope.tracking import read_offline_run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_stage(stage: str, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
+    return subprocess.run(
+        [sys.executable, f"stages/{stage}.py", *overrides],
+        cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=300,
+    )
+
+
+def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.startswith("paramscope: error:")]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A smoke data folder made by the prepare stage itself."""
+    tmp = tmp_path_factory.mktemp("stages")
+    proc = run_stage("prepare", "profile=smoke", f"paths.data={tmp / 'data'}")
+    assert proc.returncode == 0, proc.stderr
+    return tmp
+
+
+@pytest.mark.parametrize(
+    "stage, overrides, message",
+    [
+        ("ablate", ["group=bogus"], "unknown group 'bogus'; valid: heads, neurons, attn, mlp, layers"),
+        ("ablate", ["op=bogus"], "unknown op 'bogus'; valid: zero, scale"),
+        ("ablate", ["model=bogus"], "unknown model 'bogus'; valid: scratch, gen2, tuned"),
+        ("ablate", ["task=bogus"], "unknown task 'bogus'; valid: induction, kv, facts, arith"),
+        ("prepare", ["tasks=[induction,bogus]"], "unknown task 'bogus'; valid: induction, kv, facts, arith"),
+        ("train", ["variants=[bogus]"], "unknown variant 'bogus'; valid: scratch, gen2, tuned"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(prepared, stage, overrides, message):
+    out = prepared / f"out-{stage}-{overrides[0].split('=')[0]}"
+    proc = run_stage(
+        stage, "profile=smoke", f"paths.data={prepared / 'data'}", f"paths.results={out / 'results'}",
+        f"paths.models={out / 'models'}", *overrides,
+    )
+    assert proc.returncode == 2
+    assert error_lines(proc) == [f"paramscope: error: {message}"]
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_missing_model_directory_names_the_choices(prepared, tmp_path):
+    proc = run_stage(
+        "evaluate", "profile=smoke", f"paths.data={prepared / 'data'}", f"paths.models={tmp_path / 'none'}",
+        f"paths.results={tmp_path / 'results'}",
+    )
+    assert proc.returncode == 2
+    [line] = error_lines(proc)
+    assert "unknown model 'scratch'" in line and "valid: none" in line
+    assert not (tmp_path / "results").exists()
+
+
+def test_unknown_profile_names_the_valid_profiles():
+    proc = run_stage("prepare", "profile=bogus")
+    assert proc.returncode != 0
+    assert "Could not find 'profile/bogus'" in proc.stderr
+    assert all(p in proc.stderr for p in ("smoke", "tiny", "paper"))
+
+
+def test_offline_hub_fails_with_one_line_and_no_partial_output(tmp_path):
+    proc = run_stage("baselines", "profile=paper", f"paths.baselines={tmp_path / 'baselines'}",
+                     env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2
+    [line] = error_lines(proc)
+    assert "cannot fetch baseline 'pythia-410m' (EleutherAI/pythia-410m@step143000)" in line
+    assert "baselines.pythia-410m.local_dir" in line
+    assert not (tmp_path / "baselines").exists()
+
+
+def test_offline_wandb_run_records_config_and_summary(prepared, tmp_path):
+    proc = run_stage("prepare", "profile=smoke", f"paths.data={tmp_path / 'data'}", f"wandb.dir={tmp_path}",
+                     env={"WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stderr
+    [run_dir] = (tmp_path / "wandb").glob("offline-run-*")
+    recorded = read_offline_run(run_dir)
+    config, summary = recorded["config"], recorded["summary"]
+    assert config["profile_name"] == "smoke"
+    assert config["paths"]["data"] == str(tmp_path / "data")
+    assert config["wandb"]["mode"] == "offline"
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    assert summary["vocab_size"] == manifest["vocab_size"]
+    assert summary["n_eval/induction"] == 40
