@@ -6,13 +6,13 @@ are the units. Statistics per row are paired against the clean model on the same
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from paramscope.ablation.engine import FAST_OPS, fast_map
 from paramscope.ablation.interventions import UnitSpec, apply
+from paramscope.ablation.units import unit_label, unit_specs
 from paramscope.evaluation.requests import Doc
 from paramscope.evaluation.scorer import Scores, score
 from paramscope.models.adapters import Adapter
@@ -20,24 +20,6 @@ from paramscope.stats import paired_bootstrap_ci, paired_delta_summary
 
 MAP_GROUPS = ("heads", "neurons", "attn", "mlp", "layers")
 MAP_OPS = ("zero", "scale")
-
-
-def unit_specs(adapter: Adapter, group: str, op: str, value: float, neuron_block: int = 64) -> Iterator[UnitSpec]:
-    """Every unit of ``group``: heads one by one, neurons in contiguous blocks, sublayers, layers."""
-    for layer in range(adapter.n_layers):
-        if group == "heads":
-            for h in range(adapter.n_heads):
-                yield UnitSpec("heads", layer, (h,), op, value)
-        elif group == "neurons":
-            for start in range(0, adapter.d_ffn, neuron_block):
-                yield UnitSpec("neurons", layer, tuple(range(start, min(start + neuron_block, adapter.d_ffn))), op, value)
-        else:
-            yield UnitSpec(group, layer, (), op, value)
-
-
-def unit_label(spec: UnitSpec) -> int:
-    """The row's ``unit`` column: head index, first neuron of a block, or -1 for a whole site."""
-    return spec.units[0] if spec.units else -1
 
 
 def paired_row(clean: Scores, ablated: Scores, n_resamples: int, seed: int) -> dict:
@@ -71,10 +53,12 @@ def ablation_map(
 ) -> pd.DataFrame:
     """One row per unit: the model scored with that unit ablated, paired with ``clean``."""
     rows = []
-    specs = list(unit_specs(adapter, group, op, value, neuron_block))
-    for spec in tqdm(specs, desc=f"{group}/{op}={value}", leave=False):
-        with apply(adapter, [spec]):
-            ablated = score(adapter.model, docs, batch_size)
+    if op in FAST_OPS:  # the engine: clean trunk once, ablated variants batched from their layer on
+        results = fast_map(adapter, docs, group, op, value, batch_size, neuron_block=neuron_block)
+    else:
+        results = [(spec, _loop_scores(adapter, docs, spec, batch_size))
+                   for spec in tqdm(list(unit_specs(adapter, group, op, value, neuron_block)), leave=False)]
+    for spec, ablated in results:
         rows.append(
             {
                 "group": group,
@@ -87,6 +71,12 @@ def ablation_map(
             }
         )
     return pd.DataFrame(rows)
+
+
+def _loop_scores(adapter: Adapter, docs: tuple[Doc, ...], spec: UnitSpec, batch_size: int) -> Scores:
+    """The plain way: the whole model scored once with one unit ablated."""
+    with apply(adapter, [spec]):
+        return score(adapter.model, docs, batch_size)
 
 
 def effect(df: pd.DataFrame) -> np.ndarray:

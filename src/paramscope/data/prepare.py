@@ -8,9 +8,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from paramscope.data.lm_eval_tasks import write_task
-from paramscope.data.synthetic import TASKS, Suite, SuiteSpec
-from paramscope.errors import check_choice
+from paramscope.data.synthetic import ARITH_OPS, TASKS, Suite, SuiteSpec
 from paramscope.data.tokenizer import word_level_tokenizer
+from paramscope.errors import check_choice
 from paramscope.store import atomic_dir
 
 
@@ -38,7 +38,9 @@ def prepare(cfg: DictConfig, out: Path) -> dict:
         (tmp / "train").mkdir()
         for name, ts in cfg.training_sets.items():
             seqs = suite.training_sequences(
-                ts.n_sequences, dict(ts.mix), ts.items_per_sequence, seed=f"{cfg.seed}-{name}"
+                ts.n_sequences, dict(ts.mix), ts.items_per_sequence, seed=f"{cfg.seed}-{name}",
+                kb_shift=ts.get("kb_shift", 0.0),
+                arith_ops=tuple(ts.get("arith_ops", ARITH_OPS)),
             )
             (tmp / "train" / f"{name}.txt").write_text("\n".join(seqs) + "\n")
             summary[f"n_train/{name}"] = len(seqs)

@@ -18,11 +18,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from paramscope.errors import StudyError
+from paramscope.errors import StudyError, check_choice
 
 SEP = ";"
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<eos>")
 TASKS = ("induction", "kv", "facts", "arith")
+ARITH_OPS = ("add", "sub")
 RELATIONS = {"lives": "c", "likes": "h"}  # relation -> prefix of its attribute words
 
 
@@ -75,8 +76,9 @@ class Suite:
 
     # Vocabulary -----------------------------------------------------------------------------
     def vocabulary(self) -> list[str]:
-        words = [*SPECIAL_TOKENS, SEP, ".", "ind", "kv", "fact", "mod", "plus", "minus", "is", *RELATIONS]
+        words = [*SPECIAL_TOKENS, SEP, ".", "ind", "kv", "fact", "mod", *RELATIONS]
         words += self.symbols + self.keys + self.entities + self.numbers
+        words += [f"{op}{k}" for op in ARITH_OPS for k in range(self.spec.modulus)]
         for rel in RELATIONS:
             words += self.attributes[rel]
         assert len(set(words)) == len(words), "vocabulary words must be unique"
@@ -89,21 +91,27 @@ class Suite:
         rng.shuffle(choices)
         return tuple(choices), choices.index(gold)
 
-    def induction_item(self, rng: random.Random) -> Item:
+    def induction_item(self, rng: random.Random, to_end: bool = False) -> Item:
+        """A random sequence, then a copy of it that starts at a random position: the next token is
+        found only by matching the current token's earlier occurrence (the start is not the
+        sequence's start, so 'earliest symbol not yet repeated' does not work). Training copies to
+        the end (every copied token is a target); evaluation stops at a random point."""
         length = rng.randint(*self.spec.induction_len)
         seq = rng.sample(self.symbols, length)
-        cut = rng.randrange(1, length)
-        context = " ".join(["ind", *seq, ".", *seq[:cut]])
+        start = rng.randrange(0, length - 1)
+        cut = length - 1 if to_end else rng.randrange(start + 1, length)
+        context = " ".join(["ind", *seq, ".", *seq[start:cut]])
         # Distractors come from the same sequence, so only position (not presence) identifies the answer.
         choices, gold = self._choices(rng, seq[cut], seq)
         return Item("induction", context, choices, gold)
 
     def kv_item(self, rng: random.Random, n_queries: int = 1) -> Item:
-        """Bindings, then queries; all but the last are answered in the context (training uses
-        several queries per item for a denser retrieval signal; evaluation asks one)."""
+        """Bindings, then queries drawn with replacement; all but the last are answered in the context.
+        Training asks several queries per item (a dense retrieval signal; repeats defeat elimination),
+        evaluation asks one."""
         keys = rng.sample(self.keys, self.spec.kv_pairs)
         values = rng.sample(self.symbols, self.spec.kv_pairs)
-        order = rng.sample(range(self.spec.kv_pairs), n_queries)
+        order = [rng.randrange(self.spec.kv_pairs) for _ in range(n_queries)]
         answered = [w for i in order[:-1] for w in (keys[i], values[i])]
         q = order[-1]
         pairs = [w for kv in zip(keys, values) for w in kv]
@@ -112,23 +120,37 @@ class Suite:
         choices, gold = self._choices(rng, values[q], values)
         return Item("kv", context, choices, gold)
 
-    def fact_items(self) -> list[Item]:
+    def shifted_knowledge(self, fraction: float) -> dict[tuple[str, str], str]:
+        """The knowledge base with ``fraction`` of its facts reassigned (the world a later model
+        generation is trained on); the same fraction always reassigns the same facts."""
+        rng = random.Random(f"shift-{self.spec.seed}-{fraction}")
+        shifted = dict(self.knowledge)
+        for key in rng.sample(sorted(shifted), round(fraction * len(shifted))):
+            shifted[key] = rng.choice([a for a in self.attributes[key[1]] if a != shifted[key]])
+        return shifted
+
+    def fact_items(self, kb_shift: float = 0.0) -> list[Item]:
         rng = random.Random(f"facts-{self.spec.seed}")
+        knowledge = self.shifted_knowledge(kb_shift) if kb_shift else self.knowledge
         items = []
-        for (entity, rel), attr in sorted(self.knowledge.items(), key=lambda kv: (int(kv[0][0][1:]), kv[0][1])):
+        for (entity, rel), attr in sorted(knowledge.items(), key=lambda kv: (int(kv[0][0][1:]), kv[0][1])):
             choices, gold = self._choices(rng, attr, self.attributes[rel])
             items.append(Item("facts", f"fact {entity} {rel}", choices, gold))
         return items
 
-    def arith_items(self) -> list[Item]:
+    def arith_items(self, ops: tuple[str, ...] = ARITH_OPS) -> list[Item]:
+        """``mod a addK`` -> (a + K) mod p and ``mod a subK`` -> (a - K) mod p: the operator and its
+        operand are one token, so the answer is a cyclic function of two adjacent tokens."""
         rng = random.Random(f"arith-{self.spec.seed}")
         p = self.spec.modulus
         items = []
-        for op, fn in (("plus", lambda a, b: (a + b) % p), ("minus", lambda a, b: (a - b) % p)):
+        for op, sign in (("add", 1), ("sub", -1)):
+            if op not in ops:
+                continue
             for a in range(p):
-                for b in range(p):
-                    choices, gold = self._choices(rng, self.numbers[fn(a, b)], self.numbers)
-                    items.append(Item("arith", f"mod {self.numbers[a]} {op} {self.numbers[b]} is", choices, gold))
+                for k in range(p):
+                    choices, gold = self._choices(rng, self.numbers[(a + sign * k) % p], self.numbers)
+                    items.append(Item("arith", f"mod {self.numbers[a]} {op}{k}", choices, gold))
         return items
 
     # Evaluation and training sets ------------------------------------------------------------
@@ -150,9 +172,19 @@ class Suite:
         return items
 
     def training_sequences(
-        self, n_sequences: int, mix: dict[str, float], items_per_sequence: int, seed: int
+        self,
+        n_sequences: int,
+        mix: dict[str, float],
+        items_per_sequence: int,
+        seed: int,
+        kb_shift: float = 0.0,
+        arith_ops: tuple[str, ...] = ARITH_OPS,
     ) -> list[str]:
-        """Packed training sequences drawn from the task mixture, disjoint from eval contexts."""
+        """Packed training sequences drawn from the task mixture, disjoint from eval contexts;
+        ``kb_shift`` reassigns that fraction of the knowledge base's facts, ``arith_ops`` limits the
+        arithmetic operators taught."""
+        for op in arith_ops:
+            check_choice("arithmetic operator", op, ARITH_OPS)
         if not any(w > 0 for w in mix.values()):
             raise StudyError(f"training mix {mix} has no positive weight; tasks: {', '.join(TASKS)}")
         unknown = set(mix) - set(TASKS)
@@ -160,7 +192,7 @@ class Suite:
             raise StudyError(f"unknown task(s) {sorted(unknown)} in training mix; valid: {', '.join(TASKS)}")
         rng = random.Random(f"train-{seed}")
         held_out = {it.context for t in ("induction", "kv") for it in self.eval_items(t)}
-        fixed = {"facts": self.fact_items(), "arith": self.arith_items()}
+        fixed = {"facts": self.fact_items(kb_shift), "arith": self.arith_items(tuple(arith_ops))}
         tasks = [t for t in TASKS if mix.get(t, 0) > 0]
         weights = [mix[t] for t in tasks]
         sequences = []
@@ -172,8 +204,8 @@ class Suite:
                     continue
                 def gen() -> Item:
                     if task == "induction":
-                        return self.induction_item(rng)
-                    return self.kv_item(rng, n_queries=rng.randint(1, self.spec.kv_pairs))
+                        return self.induction_item(rng, to_end=True)
+                    return self.kv_item(rng, n_queries=rng.randint(1, 2 * self.spec.kv_pairs))
 
                 item = gen()
                 while item.context in held_out:

@@ -13,7 +13,12 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+)
 
 from paramscope.errors import StudyError
 from paramscope.models.zoo import save_model
@@ -50,6 +55,18 @@ def token_dataset(path: Path, tokenizer, seq_len: int) -> TensorDataset:
         toks = tokenizer.encode(line, add_special_tokens=False)[: seq_len + 1]
         ids[i, : len(toks)] = torch.tensor(toks)
     return TensorDataset(ids)
+
+
+class LogProgress(L.Callback):
+    """Progress in the log file too (the progress bar only shows on a terminal)."""
+
+    def __init__(self, name: str, every: int = 250):
+        self.name, self.every = name, every
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % self.every == 0 or step == trainer.max_steps:
+            log.info("%s: step %d/%d loss %.4f", self.name, step, trainer.max_steps, float(outputs["loss"]))
 
 
 class CausalLM(L.LightningModule):
@@ -123,6 +140,7 @@ def train_variant(cfg: DictConfig, name: str, models_dir: Path, data_dir: Path, 
         enable_model_summary=False,
         log_every_n_steps=25,
         gradient_clip_val=1.0,
+        callbacks=[LogProgress(name)],
     )
     trainer.fit(module, loader)
     model = module.model.cpu().eval()

@@ -269,11 +269,11 @@ def map_label(group: str, op: str, value: float) -> str:
 
 
 def unit_name(group: str, layer: int, unit: int, n_units: int = 1) -> str:
-    """How a unit is written in tables: L2H1, L0N64-127, L3 attn, layer 3."""
+    """How a unit is written in tables: L2H1, L0N64-127 (a neuron block), L3 attn, layer 3."""
     if group == "heads":
         return f"L{layer}H{unit}"
     if group == "neurons":
-        return f"L{layer}N{unit}" if n_units <= 1 else f"L{layer}N{unit}--{unit + n_units - 1}"
+        return f"L{layer}N{unit}" if n_units <= 1 else f"L{layer}N{unit}-{unit + n_units - 1}"
     if group == "layers":
         return f"layer {layer}"
     return f"L{layer} {'MLP' if group == 'mlp' else group}"
@@ -356,8 +356,9 @@ def spearman(atlas: pd.DataFrame, s: Settings) -> pd.DataFrame:
     base = atlas[(atlas["split"] == s.split) & (atlas["op"] == "zero") & atlas["group"].isin(UNIT_GROUPS)]
     for group in _order(base["group"], GROUP_ORDER):
         g = base[base["group"] == group]
-        for kind, scope_col, name_col, names in (("task", "model", "task", s.tasks), ("model", "task", "model", s.models)):
-            for scope in _order(g[scope_col], s.models if scope_col == "model" else s.tasks):
+        views = (("task", "model", "task", s.models, s.tasks), ("model", "task", "model", s.tasks, s.models))
+        for kind, scope_col, name_col, scopes, names in views:
+            for scope in _order(g[scope_col], scopes):
                 wide = g[g[scope_col] == scope].pivot(index=["layer", "unit"], columns=name_col, values="delta_acc")
                 labels = _order(wide.columns, names)
                 for i, a in enumerate(labels):
@@ -414,6 +415,9 @@ def build_macros(rep: Reports, s: Settings) -> dict[str, str]:
         m.add(rf"\textsf{{{tex.escape(name)}}}", "Name", name)
     for (task, split), g in clean.groupby(["task", "split"], sort=False):
         m.add(int(g["n"].max()), task, split, "N")
+    for split, g in clean.groupby("split", sort=False):
+        m.add(int(g["n"].min()), split, "NMin")
+        m.add(int(g["n"].max()), split, "NMax")
     for r in clean[clean["split"] == s.split].itertuples():
         m.add(tex.pct(r.acc), r.model, r.task, r.split, "Acc")
         m.add(tex.pct(r.ci_low), r.model, r.task, r.split, "AccLow")
@@ -453,6 +457,8 @@ def build_macros(rep: Reports, s: Settings) -> dict[str, str]:
     m.add(int(maps["n_sig"].sum()), "AtlasNSig")
     m.add(int(maps["n_sig_harm"].sum()), "AtlasNSigHarm")
     m.add(int(maps["n_sig_help"].sum()), "AtlasNSigHelp")
+    rows = rep.atlas[rep.atlas["split"] == s.split]
+    m.add(tex.pct((rows["ci_high"] - rows["ci_low"]).median()), "AtlasMedianCiWidth")
     chosen_on = sorted(set(tops["selected_on"]))
     m.add(tex.escape(" / ".join(chosen_on) if chosen_on else s.select_split), "AtlasSelectedOn")
     for r in maps.itertuples():
@@ -505,10 +511,10 @@ def build_macros(rep: Reports, s: Settings) -> dict[str, str]:
             m.add(tex.pval(r.p), scope, group, "Rho", r.a, r.b, "P")
         valid = g.dropna(subset=["rho"])
         m.add(tex.num(valid["rho"].mean(), 2) if len(valid) else tex.DASH, scope, group, "RhoMean")
-        if len(valid):
-            for which, row in (("Min", valid.loc[valid["rho"].idxmin()]), ("Max", valid.loc[valid["rho"].idxmax()])):
-                m.add(tex.num(row["rho"], 2), scope, group, "Rho", which)
-                m.add(tex.escape(f"{row['a']}/{row['b']}"), scope, group, "Rho", which, "Pair")
+        for which, pick in (("Min", "idxmin"), ("Max", "idxmax")):
+            row = valid.loc[getattr(valid["rho"], pick)()] if len(valid) else None  # constant maps: no rho
+            m.add(tex.DASH if row is None else tex.num(row["rho"], 2), scope, group, "Rho", which)
+            m.add(tex.DASH if row is None else tex.escape(f"{row['a']}/{row['b']}"), scope, group, "Rho", which, "Pair")
     for (group, kind), g in rho.groupby(["group", "kind"], sort=False):
         valid = g.dropna(subset=["rho"])
         m.add(tex.num(valid["rho"].mean(), 2) if len(valid) else tex.DASH, group, "Across", kind, "RhoMean")
@@ -552,7 +558,9 @@ def _cell(x: float, low: float, high: float) -> str:
 
 
 def _column(group: str, op: str, value: float) -> str:
-    return tex.escape(group) if op == "zero" else rf"{tex.escape(group)} {tex.escape(op)} $\times${value:g}"
+    if op == "zero":
+        return tex.escape(group)
+    return rf"{tex.escape(group)} $\times${value:g}" if op == "scale" else tex.escape(f"{group} {op} {value:g}")
 
 
 def _summary_table(maps: pd.DataFrame, s: Settings) -> str:
@@ -598,7 +606,8 @@ def build_tables(rep: Reports, s: Settings) -> dict[str, str]:
         ["Pair", "Task", "Model", "Reference", rf"$\Delta$ acc [{level} CI]", "$p$", "$q$"], rows, "llrrcrr")
 
     maps = rep.maps[rep.maps["split"] == s.split]
-    for name, part in (("atlas_summary", maps[maps["op"] == "zero"]), ("atlas_summary_scale", maps[maps["op"] != "zero"])):
+    zero = maps["op"] == "zero"
+    for name, part in (("atlas_summary", maps[zero]), ("atlas_summary_scale", maps[~zero])):
         if len(part):
             tables[name] = _summary_table(part, s)
 

@@ -14,13 +14,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib.colors import Normalize
 from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from paramscope.errors import StudyError
 from paramscope.report.aggregate import GROUP_ORDER, SITE_GROUPS, UNIT_GROUPS, _order
-from paramscope.report.style import CORRELATION, DIVERGING, TEXT_WIDTH, colors, new_figure, paper_style, save_pdf
+from paramscope.report.style import (
+    CORRELATION,
+    DIVERGING,
+    TEXT_WIDTH,
+    colors,
+    new_figure,
+    paper_style,
+    save_pdf,
+)
 from paramscope.store import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -244,6 +252,7 @@ def all_figures(inp: Inputs) -> Iterator[tuple[str, Callable[[], Figure]]]:
 def figures(reports: Path, split: str = "test", models: Sequence[str] = (), tasks: Sequence[str] = ()) -> list[str]:
     """Draw every figure into ``reports/figures`` (swapped in whole); returns the file names."""
     inp = load_inputs(Path(reports), split, models, tasks)
+    logging.getLogger("fontTools").setLevel(logging.WARNING)  # font subsetting logs every glyph at INFO
     written = []
     with paper_style(), atomic_dir(Path(reports) / "figures") as out:
         for stem, draw in all_figures(inp):

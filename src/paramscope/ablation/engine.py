@@ -1,0 +1,481 @@
+"""Fast exact ablation maps: branch at the ablated layer and run every variant of that layer at once.
+
+The one-unit-at-a-time loop (`interventions.apply` + `scorer.score` per unit) runs the whole model
+for every unit. Ablating a unit of layer l changes nothing before block l, so here, per batch of
+documents (every choice one token, as in `scorer._score_single_token`):
+
+1. **Trunk.** The clean model runs once. A forward pre-hook on every block records exactly what the
+   model passed to it: the residual stream entering block l, and the attention mask, rotary
+   `position_embeddings`, position ids, ... that the family's own forward built for that block.
+   Hooks also record the pieces of each branch block that the variants reuse (below).
+2. **Branch.** For every layer l, its variants (heads, neuron blocks, or its single site) are
+   stacked along the batch dimension (row v*B + b is variant v of document b), and blocks l+1..L-1
+   run on them with their recorded arguments, tensors with a batch dimension tiled to match. The
+   output of block l itself is rebuilt from recorded pieces, with the family's own arithmetic and
+   modules, recomputing only what the ablation changes:
+     - layers: input + gate x (output - input), the `layers` hook's own formula;
+     - neurons / mlp: the MLP output (the down projection re-applied to the gated neuron
+       activations, or gate x the MLP output) plus the residual it is added to;
+     - heads / attn: the attention output (the output projection re-applied to the gated head
+       activations, or gate x the attention output); then for GPT-NeoX's parallel residual
+       (MLP output + attention output) + input, and for the sequential families the MLP re-run on
+       the new residual (its norm and MLP modules only: queries, keys and values are not
+       recomputed).
+   Each rebuild is checked bit for bit against the clean block output of the first trunk (with
+   gates 1); where a family's block does something else, that site falls back to re-running block
+   l whole under `interventions.gated`, which is exact for any block.
+3. **Readout.** Only the last context position is normalised and unembedded, and the last block's
+   MLP runs at that position only (`_mlp_at`): nothing else of the last block is read.
+
+Why call the blocks with recorded arguments rather than re-run the base model with a hook that
+swaps block l's input: the base model cannot skip blocks 0..l-1 without mutating its layer list,
+and the recorded arguments are by construction what transformers v5 builds for each family (GPT-2
+passes the causal mask positionally, GPT-Neo by keyword with absolute position embeddings added
+before block 0, GPT-NeoX/Llama/Qwen2 pass `position_embeddings=(cos, sin)` from their rotary module,
+Qwen2 may pass a different mask per layer type). Nothing is re-derived, so nothing drifts from the
+model's own forward, and the model is never modified (only hooks, removed on exit).
+
+Exactness: every variant performs the loop's floating-point operations on the same values; what
+differs is batch composition (variants x documents instead of documents) and the last block's MLP
+on one position, which can change BLAS blocking. The tests bound the difference at 1e-5; on a
+trained model it is at the level of the loop's own batch-size sensitivity.
+
+Multi-token choices are not branched: documents with any multi-token choice fall back to the plain
+loop (`apply` + `score`, i.e. the scorer's shared-context path) and are merged back in order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from paramscope.ablation.interventions import (
+    UnitSpec,
+    _check_site,
+    _first,
+    _with_first,
+    apply,
+    gated,
+    n_units,
+)
+from paramscope.ablation.units import unit_specs
+from paramscope.evaluation.requests import Doc
+from paramscope.evaluation.scorer import Scores, score
+from paramscope.models.adapters import Adapter
+
+log = logging.getLogger(__name__)
+
+FAST_OPS = ("zero", "scale")
+DEFAULT_MAX_BATCH_TOKENS = 32768
+
+# The norm in front of each block's MLP (its input is the residual the MLP output is added to, in
+# the sequential families). Adapters do not name it yet; it belongs there (`Adapter.mlp_norm`).
+_MLP_NORM = {
+    "gpt2": "ln_2",
+    "gpt_neo": "ln_2",
+    "gpt_neox": "post_attention_layernorm",
+    "llama": "post_attention_layernorm",
+    "qwen2": "post_attention_layernorm",
+}
+
+
+def gate_value(op: str, value: float) -> float:
+    """The multiplicative gate that stands for `op`: 0 for zero, alpha for scale."""
+    if op not in FAST_OPS:
+        raise ValueError(f"fast maps support ops {', '.join(FAST_OPS)}; got '{op}' (use the plain loop)")
+    return 0.0 if op == "zero" else float(value)
+
+
+def parallel_residual(adapter: Adapter, layer: int) -> bool:
+    """GPT-NeoX's parallel residual: attention and MLP both read the block input."""
+    return adapter.family == "gpt_neox" and bool(getattr(adapter.block(layer), "use_parallel_residual", False))
+
+
+def _is_single_token(doc: Doc) -> bool:
+    return all(len(c) == 1 for c in doc.choices)
+
+
+def _doc_batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[list[int]]:
+    """Indices sorted by length, cut into batches of at most `batch_size` docs and docs x width at
+    most `max_tokens` (a single over-long doc still gets a batch of its own)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        width = lengths[i]  # ascending: the newest doc is the widest
+        if current and (len(current) >= batch_size or (len(current) + 1) * width > max_tokens):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _padded(docs: Sequence[Doc], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Right-padded ids and mask, as the scorer builds them, and each row's last context position."""
+    lengths = [len(d.context) for d in docs]
+    ids = torch.zeros(len(docs), max(lengths), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, d in enumerate(docs):
+        ids[row, : lengths[row]] = torch.tensor(d.context)
+        mask[row, : lengths[row]] = 1
+    return ids.to(device), mask.to(device), torch.tensor(lengths, device=device) - 1
+
+
+def _input_of(args: tuple, kwargs: dict) -> Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+# ----------------------------------------------------------------------------------------- trunk
+
+
+@dataclass
+class _Trunk:
+    """What the clean forward of one batch of documents left behind."""
+
+    calls: list[tuple[tuple, dict]]  # (args, kwargs) each block was called with
+    final: Tensor  # the last block's output, before the final norm
+    seen: dict[tuple[str, int], Tensor] = field(default_factory=dict)  # (piece, layer) -> tensor
+
+    def block_in(self, layer: int) -> Tensor:
+        return _input_of(*self.calls[layer])
+
+    def block_out(self, layer: int) -> Tensor:
+        return self.block_in(layer + 1) if layer + 1 < len(self.calls) else self.final
+
+
+# Pieces of a block the branch reuses, and where each is read:
+#   z: input of the attention output projection     attn: attention output (first)
+#   a: input of the MLP down projection             mlp: MLP output
+#   r: input of the MLP norm (the residual the MLP output is added to, sequential families)
+def _piece_module(adapter: Adapter, piece: str, layer: int) -> tuple[torch.nn.Module, bool]:
+    """(module, whether the piece is its input)."""
+    if piece == "z":
+        return adapter.attn_out_proj(layer), True
+    if piece == "a":
+        return adapter.mlp_down_proj(layer), True
+    if piece == "attn":
+        return adapter.attention(layer), False
+    if piece == "mlp":
+        return adapter.mlp(layer), False
+    return adapter.block(layer).get_submodule(_MLP_NORM[adapter.family]), True
+
+
+def _pieces(adapter: Adapter, group: str, layer: int) -> tuple[str, ...]:
+    """The pieces needed to rebuild block `layer` with `group` gated (empty: re-run the block)."""
+    if group == "layers":
+        return ()
+    if adapter.family not in _MLP_NORM:
+        return ()
+    site = {"heads": "z", "neurons": "a"}.get(group, ())
+    if parallel_residual(adapter, layer):
+        return tuple(sorted({*site, "attn", "mlp"}))
+    return tuple(sorted({*site, "attn", "mlp", "r"}))
+
+
+def _trunk(adapter: Adapter, ids: Tensor, mask: Tensor, wanted: Sequence[tuple[str, int]]) -> _Trunk:
+    """Run the clean model once, recording block calls, the final block output and `wanted` pieces."""
+    n = adapter.n_layers
+    calls: list[tuple[tuple, dict] | None] = [None] * n
+    final: list[Tensor] = []
+    seen: dict[tuple[str, int], Tensor] = {}
+    handles = []
+
+    def on_call(layer: int):
+        def hook(module, args, kwargs):
+            calls[layer] = (args, dict(kwargs))
+
+        return hook
+
+    def on_input(key):
+        def hook(module, args, kwargs):
+            seen[key] = _input_of(args, kwargs)
+
+        return hook
+
+    def on_output(key):
+        def hook(module, args, output):
+            seen[key] = _first(output)
+
+        return hook
+
+    try:
+        for layer, block in enumerate(adapter.blocks()):
+            handles.append(block.register_forward_pre_hook(on_call(layer), with_kwargs=True, prepend=True))
+        handles.append(adapter.block(n - 1).register_forward_hook(lambda m, a, o: final.append(_first(o))))
+        for key in wanted:
+            module, is_input = _piece_module(adapter, *key)
+            if is_input:
+                handles.append(module.register_forward_pre_hook(on_input(key), with_kwargs=True))
+            else:
+                handles.append(module.register_forward_hook(on_output(key)))
+        adapter.model.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [i for i, c in enumerate(calls) if c is None]
+    if missing:
+        raise RuntimeError(f"blocks {missing} were not called by the base model's forward")
+    return _Trunk(calls=calls, final=final[-1], seen=seen)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------- branch
+
+
+class _Tiler:
+    """Repeat every tensor with a leading batch dimension `n` times along it (row v*B + b is variant
+    v of document b); tensors without one (e.g. position ids of shape (1, T)) broadcast as they did.
+    Results are memoised, since families pass one mask / one (cos, sin) to every block."""
+
+    def __init__(self, batch: int, n: int) -> None:
+        self.batch, self.n = batch, n
+        self.memo: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def __call__(self, x: Any) -> Any:
+        if isinstance(x, Tensor):
+            if x.dim() == 0 or x.shape[0] != self.batch or self.n == 1:
+                return x
+            if id(x) not in self.memo:  # the original is kept alive with its copy, so ids stay unique
+                self.memo[id(x)] = (x, x.repeat(self.n, *([1] * (x.dim() - 1))))
+            return self.memo[id(x)][1]
+        if isinstance(x, tuple):
+            return tuple(self(v) for v in x)
+        if isinstance(x, list):
+            return [self(v) for v in x]
+        return x
+
+
+@contextmanager
+def _mlp_at(adapter: Adapter, layer: int, positions: Tensor) -> Iterator[None]:
+    """Run block `layer`'s MLP only at one position per row (`positions[row]`), zeros elsewhere:
+    after the last block only the last context position is read, and the MLP acts on each position
+    alone, so nothing that is read changes and most of the block's work is skipped."""
+    state: dict[str, Any] = {}
+    rows = torch.arange(len(positions), device=positions.device)
+
+    def pick(module, args, kwargs):
+        x = _input_of(args, kwargs)
+        state["shape"] = x.shape
+        picked = x[rows, positions].unsqueeze(1)
+        if args:
+            return (picked, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": picked}
+
+    def put_back(module, args, output):
+        first = _first(output)
+        full = first.new_zeros(*state["shape"][:-1], first.shape[-1])
+        full[rows, positions] = first[:, 0]
+        return _with_first(output, full)
+
+    mlp = adapter.mlp(layer)
+    handles = [mlp.register_forward_pre_hook(pick, with_kwargs=True), mlp.register_forward_hook(put_back)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _run_blocks(adapter: Adapter, trunk: _Trunk, first: int, hidden: Tensor, tiler: _Tiler, read: Tensor) -> Tensor:
+    """Blocks `first`..L-1 on `hidden` (already tiled), each with its own recorded arguments (tiled),
+    under whatever hooks are active. Only positions `read[row]` of the result are valid."""
+    last_block = adapter.n_layers - 1
+    for k in range(first, adapter.n_layers):
+        args, kwargs = trunk.calls[k]
+        if args:
+            rest_args, rest_kwargs = tuple(tiler(a) for a in args[1:]), {n: tiler(v) for n, v in kwargs.items()}
+        else:
+            rest_args, rest_kwargs = (), {n: tiler(v) for n, v in kwargs.items() if n != "hidden_states"}
+        with _mlp_at(adapter, k, read) if k == last_block else nullcontext():
+            hidden = _first(adapter.block(k)(hidden, *rest_args, **rest_kwargs))
+    return hidden
+
+
+def _scaled(x: Tensor, gate: Tensor) -> Tensor:
+    """A single-unit site (batch, ..., d) times its per-row gate, as `interventions._gate_edit` does."""
+    return x * gate.reshape((gate.shape[0],) + (1,) * (x.dim() - 1)).to(x.dtype)
+
+
+def _rebuild(
+    adapter: Adapter, trunk: _Trunk, group: str, layer: int, gate: Tensor, tiler: _Tiler, read: Tensor, gates_1: bool
+) -> Tensor:
+    """Block `layer`'s output for every tiled row with `group` gated by `gate` (batch, n_units), from
+    the trunk's pieces with the block's own arithmetic. With `gates_1` (the check), the rows are the
+    trunk's documents and the gate is all ones: the result must equal the clean block output."""
+    t = (lambda x: x) if gates_1 else tiler
+    seen = {name: t(trunk.seen[(name, layer)]) for name in _pieces(adapter, group, layer)}
+    h = t(trunk.block_in(layer))
+    if group == "layers":
+        return h + _scaled(t(trunk.block_out(layer)) - h, gate)
+    if group in ("neurons", "mlp"):
+        if group == "neurons":
+            with gated(adapter, {(group, layer): gate}):
+                mlp = adapter.mlp_down_proj(layer)(seen["a"])
+        else:
+            mlp = _scaled(seen["mlp"], gate)
+        if parallel_residual(adapter, layer):
+            return mlp + seen["attn"] + h
+        return seen["r"] + mlp
+    if group == "heads":
+        with gated(adapter, {(group, layer): gate}):
+            attn = adapter.attn_out_proj(layer)(seen["z"])
+    else:
+        attn = _scaled(seen["attn"], gate)
+    if parallel_residual(adapter, layer):
+        return seen["mlp"] + attn + h
+    r = h + attn
+    norm, mlp = adapter.block(layer).get_submodule(_MLP_NORM[adapter.family]), adapter.mlp(layer)
+    with _mlp_at(adapter, layer, read) if layer == adapter.n_layers - 1 and not gates_1 else nullcontext():
+        return r + _first(mlp(norm(r)))
+
+
+def _rebuild_ok(adapter: Adapter, trunk: _Trunk, group: str, layer: int) -> bool:
+    """Whether rebuilding block `layer` with all gates 1 gives the clean output bit for bit (and, for
+    heads and neurons, whether the projection alone gives the recorded sublayer output)."""
+    if group == "layers":
+        return True
+    if not _pieces(adapter, group, layer):
+        return False
+    batch = trunk.block_in(layer).shape[0]
+    dev = trunk.block_in(layer).device
+    ones = torch.ones(batch, n_units(adapter, group), device=dev)
+    try:
+        rebuilt = _rebuild(adapter, trunk, group, layer, ones, _Tiler(batch, 1), torch.zeros(0), gates_1=True)
+        same = torch.equal(rebuilt, trunk.block_out(layer))
+        if group in ("heads", "neurons"):  # nothing follows the projection inside its sublayer
+            proj = adapter.attn_out_proj(layer) if group == "heads" else adapter.mlp_down_proj(layer)
+            site, sublayer = ("z", "attn") if group == "heads" else ("a", "mlp")
+            same = same and torch.equal(proj(trunk.seen[(site, layer)]), trunk.seen[(sublayer, layer)])
+    except (KeyError, AttributeError, RuntimeError):  # a piece is not where this family was expected to have it
+        same = False
+    if not same:
+        log.warning("%s block %d: rebuilding its output under %s ablation is not exact here; re-running the block",
+                    adapter.family, layer, group)
+    return same
+
+
+def _unit_gate(adapter: Adapter, spec: UnitSpec) -> Tensor:
+    """The gate row of one variant: 1 everywhere but the spec's units."""
+    gate = torch.ones(n_units(adapter, spec.group))
+    gate[list(spec.units) or [0]] = gate_value(spec.op, spec.value)
+    return gate
+
+
+@torch.inference_mode()
+def _fast_single_token(
+    adapter: Adapter,
+    docs: Sequence[Doc],
+    specs: Sequence[UnitSpec],
+    batch_size: int,
+    max_batch_tokens: int,
+    rebuild: bool,
+) -> list[list[np.ndarray]]:
+    """lls[s][i]: choice log-likelihoods of doc i with spec s applied (every choice one token)."""
+    model = adapter.model
+    dev = next(model.parameters()).device
+    norm, unembed = adapter.final_norm(), adapter.unembedding()
+    by_site: dict[tuple[int, str], list[int]] = {}  # variants that branch at the same site
+    for s, spec in enumerate(specs):
+        by_site.setdefault((spec.layer, spec.group), []).append(s)
+    wanted = sorted({(p, l) for l, g in by_site for p in (_pieces(adapter, g, l) if rebuild else ())})
+    gates = [_unit_gate(adapter, spec).to(dev) for spec in specs]
+    out: list[list[np.ndarray]] = [[None] * len(docs) for _ in specs]  # type: ignore[list-item]
+    # The trunk keeps every block's input and some pieces of it: cap its tokens so that this cache,
+    # n_layers deep, stays about the size of one branched forward.
+    trunk_tokens = max(1, max_batch_tokens // adapter.n_layers)
+    exact: dict[tuple[int, str], bool] = {}  # per site: whether block rebuilding is bit-exact
+    for idx in _doc_batches([len(d.context) for d in docs], batch_size, trunk_tokens):
+        batch_docs = [docs[i] for i in idx]
+        ids, mask, last = _padded(batch_docs, dev)
+        n_docs, width = ids.shape
+        n_choices = [len(d.choices) for d in batch_docs]
+        choice_ids = torch.zeros(n_docs, max(n_choices), dtype=torch.long)
+        for row, d in enumerate(batch_docs):
+            choice_ids[row, : n_choices[row]] = torch.tensor([c[0] for c in d.choices])
+        choice_ids = choice_ids.to(dev)
+        trunk = _trunk(adapter, ids, mask, wanted)
+        per_chunk = max(1, max_batch_tokens // (n_docs * width))
+        for (layer, group), members in sorted(by_site.items()):
+            if (layer, group) not in exact:  # the same operations on every batch: check once
+                exact[(layer, group)] = (rebuild or group == "layers") and _rebuild_ok(adapter, trunk, group, layer)
+            fast = exact[(layer, group)]
+            for start in range(0, len(members), per_chunk):
+                chunk = members[start : start + per_chunk]
+                tiler = _Tiler(n_docs, len(chunk))
+                read = last.repeat(len(chunk))
+                gate = torch.stack([gates[s] for s in chunk]).repeat_interleave(n_docs, dim=0)
+                if fast:
+                    hidden = _rebuild(adapter, trunk, group, layer, gate, tiler, read, gates_1=False)
+                    hidden = _run_blocks(adapter, trunk, layer + 1, hidden, tiler, read)
+                else:
+                    with gated(adapter, {(group, layer): gate}):
+                        hidden = _run_blocks(adapter, trunk, layer, tiler(trunk.block_in(layer)), tiler, read)
+                final = norm(hidden[torch.arange(hidden.shape[0], device=dev), read])
+                logp = F.log_softmax(unembed(final).float(), dim=-1).unflatten(0, (len(chunk), n_docs))
+                picked = logp.gather(-1, choice_ids.expand(len(chunk), -1, -1)).double().cpu().numpy()
+                for v, s in enumerate(chunk):
+                    for row, i in enumerate(idx):
+                        out[s][i] = picked[v, row, : n_choices[row]].copy()
+    return out
+
+
+def fast_map(
+    adapter: Adapter,
+    docs: Sequence[Doc],
+    group: str,
+    op: str = "zero",
+    value: float = 0.0,
+    batch_size: int = 64,
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    neuron_block: int = 64,
+    specs: Sequence[UnitSpec] | None = None,
+    rebuild: bool = True,
+) -> list[tuple[UnitSpec, Scores]]:
+    """Scores of every unit of `group` ablated in turn (`op` zero or scale by `value`), in
+    `atlas.unit_specs` order: each equals `score(model, docs, batch_size)` under
+    `apply(adapter, [spec])` to float rounding (see the module docstring).
+
+    `batch_size` caps documents per trunk batch; `max_batch_tokens` caps variants x documents x padded
+    width of one branched forward (activation memory; the trunk's cache is capped at
+    `max_batch_tokens / n_layers` tokens x n_layers). `specs` replaces the unit list (any zero/scale
+    `UnitSpec`s of one unit selection each; `group`, `op`, `value` are then ignored). `rebuild=False`
+    re-runs the ablated block whole instead of rebuilding its output from the trunk's pieces.
+    """
+    if adapter.model.training:
+        raise ValueError("the model is in training mode: call .eval() (dropout would randomise every map)")
+    docs = list(docs)
+    if specs is None:
+        gate_value(op, value)
+        specs = list(unit_specs(adapter, group, op, value, neuron_block))
+    specs = list(specs)
+    for spec in specs:
+        gate_value(spec.op, spec.value)  # only gate-expressible operations
+        _check_site(adapter, spec.group, spec.layer, spec.units)
+    single = [i for i, d in enumerate(docs) if _is_single_token(d)]
+    multi = [i for i, d in enumerate(docs) if not _is_single_token(d)]
+    lls: list[list[np.ndarray]] = [[None] * len(docs) for _ in specs]  # type: ignore[list-item]
+    if single:
+        fast = _fast_single_token(adapter, [docs[i] for i in single], specs, batch_size, max_batch_tokens, rebuild)
+        for s in range(len(specs)):
+            for j, i in enumerate(single):
+                lls[s][i] = fast[s][j]
+    if multi:  # multi-token choices: the plain loop over the scorer's shared-context path
+        multi_docs = [docs[i] for i in multi]
+        for s, spec in enumerate(specs):
+            with apply(adapter, [spec]):
+                ablated = score(adapter.model, multi_docs, batch_size)
+            for j, i in enumerate(multi):
+                lls[s][i] = ablated.lls[j]
+    doc_ids = np.array([d.doc_id for d in docs])
+    gold = np.array([d.gold for d in docs])
+    chars = [np.array(d.choice_chars, dtype=np.float64) for d in docs]
+    return [(spec, Scores(doc_ids=doc_ids, lls=lls[s], gold=gold, choice_chars=chars)) for s, spec in enumerate(specs)]

@@ -1,0 +1,176 @@
+"""A first-order screen (attribution patching) beside the exact maps, never in place of them.
+
+Every unit of a group gets a multiplicative gate, 1 on the clean model (`interventions.gated`, one
+gate row broadcast over the batch). One forward and one backward pass over the documents give
+d metric / d gate for every unit at once; ablating a unit moves its gates from 1 to g (0 for
+`zero`, alpha for `scale`), so the first-order estimate of the change in the metric is
+
+    sum over the unit's gates of (g - 1) * d metric / d gate        (zero: -sum of the gradients)
+
+A neuron block's estimate is the sum over its neurons (the first-order terms add).
+
+Metric (per document, averaged over documents; the screen estimates its change, ablated minus
+clean, so negative means the ablation hurts):
+- ``gold_ll`` (default): the gold choice's log-likelihood, the quantity behind the maps'
+  ``delta_loss`` (= minus the change in mean gold_ll);
+- ``gold_logprob``: the gold choice's log-probability among the choices,
+  gold_ll - logsumexp(choice lls), closer to what accuracy responds to.
+
+Documents with multi-token choices are scored as full context+choice sequences (the same sums of
+token log-probabilities the scorer computes, with gradients).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from paramscope.ablation.engine import gate_value
+from paramscope.ablation.interventions import GROUPS, Site, UnitSpec, gated, n_units
+from paramscope.ablation.units import unit_specs
+from paramscope.evaluation.requests import Doc
+from paramscope.models.adapters import Adapter
+
+METRICS = ("gold_ll", "gold_logprob")
+
+
+def _log_probs(model, hidden: Tensor) -> Tensor:
+    logits = model.get_output_embeddings()(hidden)
+    return F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+
+
+def _single_token_lls(model, docs: Sequence[Doc]) -> list[Tensor]:
+    """Choice log-likelihoods (with gradients) when every choice is one token: one padded forward."""
+    dev = next(model.parameters()).device
+    lengths = [len(d.context) for d in docs]
+    ids = torch.zeros(len(docs), max(lengths), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, d in enumerate(docs):
+        ids[row, : lengths[row]] = torch.tensor(d.context)
+        mask[row, : lengths[row]] = 1
+    hidden = model.base_model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False).last_hidden_state
+    last = hidden[torch.arange(len(docs), device=dev), torch.tensor(lengths, device=dev) - 1]
+    logp = _log_probs(model, last)
+    return [logp[row, torch.tensor([c[0] for c in d.choices], device=dev)] for row, d in enumerate(docs)]
+
+
+def _full_sequence_lls(model, doc: Doc) -> Tensor:
+    """Choice log-likelihoods (with gradients) of one document, each choice appended to the context."""
+    dev = next(model.parameters()).device
+    seqs = [doc.context + c for c in doc.choices]
+    width = max(len(s) for s in seqs)
+    ids = torch.zeros(len(seqs), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, s in enumerate(seqs):
+        ids[row, : len(s)] = torch.tensor(s)
+        mask[row, : len(s)] = 1
+    hidden = model.base_model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False).last_hidden_state
+    n_ctx = len(doc.context)
+    lls = []
+    for row, choice in enumerate(doc.choices):
+        positions = torch.arange(n_ctx - 1, n_ctx - 1 + len(choice), device=dev)
+        logp = _log_probs(model, hidden[row, positions])
+        lls.append(logp[torch.arange(len(choice), device=dev), torch.tensor(choice, device=dev)].sum())
+    return torch.stack(lls)
+
+
+def _doc_metric(lls: Tensor, gold: int, metric: str) -> Tensor:
+    if metric == "gold_ll":
+        return lls[gold]
+    return lls[gold] - torch.logsumexp(lls, dim=0)
+
+
+def _metric_sums(model, docs: Sequence[Doc], metric: str, batch_size: int) -> Iterator[Tensor]:
+    """The metric summed over each batch of documents (single-token docs batched, others one by one)."""
+    single = [d for d in docs if all(len(c) == 1 for c in d.choices)]
+    single.sort(key=lambda d: len(d.context))
+    for start in range(0, len(single), batch_size):
+        batch = single[start : start + batch_size]
+        lls = _single_token_lls(model, batch)
+        yield torch.stack([_doc_metric(ll, d.gold, metric) for ll, d in zip(lls, batch)]).sum()
+    for d in docs:
+        if not all(len(c) == 1 for c in d.choices):
+            yield _doc_metric(_full_sequence_lls(model, d), d.gold, metric)
+
+
+@contextmanager
+def _frozen(model) -> Iterator[None]:
+    """Parameters stop requiring grad (gradients flow to the gates only, saving memory), then restored."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def gated_metric(
+    adapter: Adapter, docs: Sequence[Doc], gates: Mapping[Site, Tensor] | None = None, metric: str = "gold_ll",
+    batch_size: int = 64,
+) -> float:
+    """The mean metric over `docs` with `gates` applied (`interventions.gated`, rows broadcast over the
+    batch, so shape (1, n_units)): the function whose gradient the screen takes."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric '{metric}'; valid: {', '.join(METRICS)}")
+    with torch.no_grad(), gated(adapter, gates or {}):
+        total = sum(float(s) for s in _metric_sums(adapter.model, docs, metric, batch_size))
+    return total / len(docs)
+
+
+def gate_gradients(
+    adapter: Adapter, docs: Sequence[Doc], group: str, metric: str = "gold_ll", batch_size: int = 64
+) -> np.ndarray:
+    """d (mean metric) / d gate at gates 1, shape (n_layers, n_units of the group): one forward and one
+    backward pass per batch of documents."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric '{metric}'; valid: {', '.join(METRICS)}")
+    if group not in GROUPS:
+        raise ValueError(f"unknown group '{group}'; valid: {', '.join(GROUPS)}")
+    if adapter.model.training:
+        raise ValueError("the model is in training mode: call .eval() first")
+    docs = list(docs)
+    if not docs:
+        raise ValueError("no documents to screen")
+    dev = next(adapter.model.parameters()).device
+    count = n_units(adapter, group)
+    gates = {(group, layer): torch.ones(1, count, device=dev, requires_grad=True) for layer in range(adapter.n_layers)}
+    leaves = list(gates.values())
+    grads = [torch.zeros(1, count, device=dev, dtype=torch.float64) for _ in leaves]
+    with torch.enable_grad(), _frozen(adapter.model), gated(adapter, gates):
+        for batch_sum in _metric_sums(adapter.model, docs, metric, batch_size):
+            for acc, g in zip(grads, torch.autograd.grad(batch_sum / len(docs), leaves)):
+                acc += g.double()
+    return torch.cat(grads).cpu().numpy()
+
+
+def attribution_screen(
+    adapter: Adapter,
+    docs: Sequence[Doc],
+    group: str,
+    neuron_block: int = 64,
+    op: str = "zero",
+    value: float = 0.0,
+    metric: str = "gold_ll",
+    batch_size: int = 64,
+    specs: Sequence[UnitSpec] | None = None,
+) -> np.ndarray:
+    """First-order estimate of each unit's ablation effect on the mean `metric` (ablated minus clean),
+    in `atlas.unit_specs(adapter, group, op, value, neuron_block)` order (or that of `specs`, all of
+    `group`). Compare with the exact map (e.g. Spearman, recall@k), never report it in its place."""
+    if specs is None:
+        specs = list(unit_specs(adapter, group, op, value, neuron_block))
+    grads = gate_gradients(adapter, docs, group, metric, batch_size)
+    out = np.empty(len(specs))
+    for k, spec in enumerate(specs):
+        if spec.group != group:
+            raise ValueError(f"spec {spec} is not of group '{group}'")
+        units = list(spec.units) or [0]
+        out[k] = (gate_value(spec.op, spec.value) - 1.0) * grads[spec.layer, units].sum()
+    return out

@@ -1,0 +1,122 @@
+"""The attribution screen: its gradients are the metric's derivatives, and it ranks units like the
+exact map does (first order only, so only roughly: the thresholds below are what it honestly meets)."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from copy import deepcopy
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+from transformers import AutoTokenizer
+
+from paramscope.ablation.engine import fast_map
+from paramscope.ablation.screen import attribution_screen, gate_gradients, gated_metric
+from paramscope.ablation.units import unit_specs
+from paramscope.data.lm_eval_tasks import lm_eval_name
+from paramscope.data.synthetic import TASKS
+from paramscope.evaluation.requests import Doc, build_docs
+from paramscope.evaluation.scorer import score
+from paramscope.models.adapters import get_adapter
+from paramscope.models.random_models import tiny_random_model
+
+
+@pytest.fixture(scope="module")
+def docs(smoke_suite):
+    _, data = smoke_suite
+    tok = AutoTokenizer.from_pretrained(data / "tokenizer")
+    found = []
+    for task in TASKS:
+        found += build_docs(lm_eval_name(task), tok, "test", seed=0, include_path=data / "tasks", limit=10).docs
+    return tuple(found), len(tok)
+
+
+def model(family, vocab, seed=0):
+    return get_adapter(tiny_random_model(family, seed=seed, vocab_size=vocab))
+
+
+def exact_delta(adapter, found, group, neuron_block=64):
+    """Exact change of mean gold log-likelihood under each unit's zero-ablation (the engine equals the loop)."""
+    clean = score(adapter.model, found).gold_ll.mean()
+    return np.array([s.gold_ll.mean() - clean for _, s in fast_map(adapter, found, group, neuron_block=neuron_block)])
+
+
+def test_heads_screen_ranks_like_the_exact_map(docs):
+    """12 heads of a tiny GPT-NeoX: Spearman 0.87-0.99 over seeds 0-3. Honestly, heads of the other
+    families' tiny random models (deliberately large weights) range 0.15-0.99, and 0.64 on the
+    trained `scratch` model: first order is a screen, not a map."""
+    found, vocab = docs
+    adapter = model("gpt_neox", vocab)
+    est = attribution_screen(adapter, found, "heads")
+    assert est.shape == (adapter.n_layers * adapter.n_heads,)
+    rho = spearmanr(est, exact_delta(adapter, found, "heads")).statistic
+    assert rho > 0.8, rho
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "gpt2", "llama", "gpt_neo"])
+def test_single_neuron_screen_ranks_like_the_exact_map(docs, family):
+    """192 single neurons, each a small perturbation: Spearman 0.73-0.98 over families and seeds 0-3
+    (0.93 on the trained `scratch` model's 2048 neurons)."""
+    found, vocab = docs
+    adapter = model(family, vocab)
+    est = attribution_screen(adapter, found, "neurons", neuron_block=1)
+    rho = spearmanr(est, exact_delta(adapter, found, "neurons", neuron_block=1)).statistic
+    assert rho > 0.7, rho
+
+
+def test_neuron_blocks_sum_their_neurons(docs):
+    found, vocab = docs
+    adapter = model("gpt2", vocab)
+    single = attribution_screen(adapter, found, "neurons", neuron_block=1)
+    blocks = attribution_screen(adapter, found, "neurons", neuron_block=16)
+    np.testing.assert_allclose(blocks, single.reshape(-1, 16).sum(axis=1), rtol=1e-6, atol=1e-9)
+    scaled = attribution_screen(adapter, found, "neurons", neuron_block=16, op="scale", value=0.5)
+    np.testing.assert_allclose(scaled, blocks / 2, rtol=1e-9)
+
+
+@pytest.mark.parametrize("metric", ["gold_ll", "gold_logprob"])
+@pytest.mark.parametrize("group,unit", [("heads", (1, 2)), ("neurons", (2, 40)), ("layers", (1, 0))])
+def test_gradient_equals_finite_difference(docs, metric, group, unit):
+    """In float64, central differences of the metric in one gate match the screen's gradient.
+    GPT-2 computes everything in the model's dtype; the other families keep parts in float32 whatever
+    the dtype (GPT-NeoX/Llama softmax, Llama RMSNorm, GPT-Neo attention), which caps finite
+    differences through them at about 1e-3 relative."""
+    found, vocab = docs
+    adapter = get_adapter(deepcopy(model("gpt2", vocab).model).double())
+    layer, index = unit
+    grads = gate_gradients(adapter, found, group, metric)
+    n = grads.shape[1]
+    eps = 1e-4
+
+    def at(g):
+        gate = torch.ones(1, n, dtype=torch.float64)
+        gate[0, index] = g
+        return gated_metric(adapter, found, {(group, layer): gate}, metric)
+
+    fd = (at(1 + eps) - at(1 - eps)) / (2 * eps)
+    assert abs(fd) > 1e-3, "the derivative is too small to test anything"
+    assert grads[layer, index] == pytest.approx(fd, rel=1e-5, abs=1e-8)
+
+
+def test_metric_is_the_scorers(docs):
+    """At gates 1 the screened metric is the scorer's mean gold log-likelihood (or log-prob among the
+    choices), multi-token choices included."""
+    found, vocab = docs
+    adapter = model("gpt_neo", vocab)
+    multi = (
+        Doc(doc_id=900, context=(5, 9, 14, 3), choices=((7, 8), (11,), (12, 13, 4)), choice_chars=(3, 1, 5), gold=2),
+        Doc(doc_id=901, context=(6, 1), choices=((2, 3), (9, 9)), choice_chars=(2, 2), gold=0),
+    )
+    mixed = found[:6] + multi
+    scores = score(adapter.model, mixed)
+    assert gated_metric(adapter, mixed) == pytest.approx(scores.gold_ll.mean(), abs=1e-5)
+    logprob = np.mean([ll[g] - np.logaddexp.reduce(ll) for ll, g in zip(scores.lls, scores.gold)])
+    assert gated_metric(adapter, mixed, metric="gold_logprob") == pytest.approx(logprob, abs=1e-5)
+    # and the screen runs over them, in unit_specs order, leaving no gradients behind
+    est = attribution_screen(adapter, mixed, "attn")
+    assert len(est) == len(list(unit_specs(adapter, "attn", "zero", 0.0)))
+    assert all(p.grad is None for p in adapter.model.parameters())
+    assert all(p.requires_grad for p in adapter.model.parameters())
