@@ -3,7 +3,10 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -85,3 +88,39 @@ def test_forced_rerun_gives_identical_numbers(study):
     sh("dvc repro --force", study)
     assert (study / "reports" / "metrics.json").read_text() == before
     assert sorted((p.name, p.read_bytes()) for p in (study / "results" / "eval").glob("*.parquet")) == evals
+
+
+def test_grid_killed_midway_resumes_without_recomputing(study, tmp_path):
+    """SIGKILL an ablation grid after its first finished cell; the rerun keeps every finished cell
+    (same file, untouched) and ends with the same table as the uninterrupted `dvc repro` run."""
+    results = tmp_path / "results"
+    cmd = [sys.executable, "stages/ablate.py", "-m", "profile=smoke", "group=heads,layers,neurons",
+           f"paths.results={results}"]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen(cmd, cwd=study, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    cells = results / "ablate"
+    deadline = time.time() + 600
+    while not (cells.is_dir() and any(cells.glob("*.parquet"))) and time.time() < deadline:
+        assert proc.poll() is None, "grid finished or failed before it could be interrupted"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p.name: p.stat().st_mtime_ns for p in cells.glob("*.parquet")}
+    total = 3 * 4 * 2 * 3  # models x tasks x splits x groups
+    assert 0 < len(finished) < total
+
+    rerun = subprocess.run(cmd, cwd=study, env=env, capture_output=True, text=True, timeout=1200)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    after = {p.name: p.stat().st_mtime_ns for p in cells.glob("*.parquet")}
+    assert len(after) == total
+    assert all(after[name] == mtime for name, mtime in finished.items())
+
+    def table(folder):
+        df = pd.concat(pd.read_parquet(p) for p in folder.glob("*.parquet"))
+        df = df[(df.op == "zero") & df.group.isin(["heads", "layers", "neurons"])].copy()
+        for col in [c for c in df.columns if c.startswith("ex_")]:
+            df[col] = df[col].map(tuple)
+        return df.sort_values(["model", "task", "split", "group", "layer", "unit"]).reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(table(cells), table(study / "results" / "ablate"))
