@@ -124,3 +124,18 @@ def test_grid_killed_midway_resumes_without_recomputing(study, tmp_path):
         return df.sort_values(["model", "task", "split", "group", "layer", "unit"]).reset_index(drop=True)
 
     pd.testing.assert_frame_equal(table(cells), table(study / "results" / "ablate"))
+
+
+def test_scorer_equals_lm_eval_on_every_study_model_and_task(study):
+    """Clean accuracy from the evaluate stage equals lm-eval's on every trained model, task and split."""
+    from paramscope.evaluation.harness import lm_eval_per_doc
+    from paramscope.models import zoo
+    from paramscope.store import load_results
+
+    evals = load_results("eval", study / "results", with_examples=True)
+    assert len(evals) == 4 * 4 * 2
+    for name in sorted(evals.model.unique()):
+        model, tok = zoo.load(name, study / "models")
+        for row in evals[evals.model == name].itertuples():
+            ref = lm_eval_per_doc(model, tok, f"ps_{row.task}", list(row.ex_doc_ids), study / "data" / "tasks")
+            assert list(row.ex_correct) == [int(ref[i]["acc"]) for i in row.ex_doc_ids], (name, row.task)
