@@ -49,8 +49,8 @@ def test_repro_builds_every_output(study):
         assert (study / out).is_file(), out
     assert any((study / "reports" / "figures").glob("*.pdf"))
     ablate = pd.concat(pd.read_parquet(p) for p in (study / "results" / "ablate").glob("*.parquet"))
-    assert set(ablate.group) == {"heads", "layers", "attn", "mlp", "neurons"}
-    assert set(ablate.op) == {"zero", "scale"}
+    assert set(ablate.group) == {"heads", "layers", "attn", "mlp", "neurons", "matrix", "magnitude", "random"}
+    assert set(ablate.op) == {"zero", "scale", "mean", "noise"}
     assert set(ablate.model) == {"scratch", "gen2", "tuned"}
 
 

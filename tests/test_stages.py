@@ -37,8 +37,8 @@ def prepared(tmp_path_factory):
 @pytest.mark.parametrize(
     "stage, overrides, message",
     [
-        ("ablate", ["group=bogus"], "unknown group 'bogus'; valid: heads, neurons, attn, mlp, layers"),
-        ("ablate", ["op=bogus"], "unknown op 'bogus'; valid: zero, scale"),
+        ("ablate", ["group=bogus"], "unknown group 'bogus'; valid: heads, neurons, attn, mlp, layers, matrix, magnitude, random"),
+        ("ablate", ["op=bogus"], "unknown op 'bogus'; valid: zero, scale, mean, noise"),
         ("ablate", ["model=bogus"], "unknown model 'bogus'; valid: scratch, gen2, tuned"),
         ("ablate", ["task=bogus"], "unknown task 'bogus'; valid: induction, kv, facts, arith"),
         ("prepare", ["tasks=[induction,bogus]"], "unknown task 'bogus'; valid: induction, kv, facts, arith"),

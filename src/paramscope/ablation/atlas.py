@@ -2,24 +2,100 @@
 
 A *map* (model x task x split x group x op x value) is one grid cell and one Parquet file; its rows
 are the units. Statistics per row are paired against the clean model on the same documents.
+
+Activation groups (heads, neurons, attn, mlp, layers) take every op: `zero` and `scale` run on the fast
+engine; `mean` and `noise` on the plain loop, with reference statistics from `site_stats` on the task's
+dev documents. Weight groups (matrix, magnitude, random; see `weights`) take `zero` and `scale` and run
+on the plain loop with the weights edited reversibly.
+
+`mean` and `noise` statistics are taken at the *last context position* of each dev document, not over
+all tokens: that position is the one whose output the scorer reads (it predicts every single-token
+choice, and the first token of multi-token ones), so the replacement is in-distribution exactly where
+it matters; an all-token mean would mix in early positions (little context, attention-sink tokens)
+whose activations differ systematically. `noise` adds Gaussian noise with std = value x the unit's
+matched std, sqrt(mean over the unit's dimensions of their variance across dev documents), so
+value=1 is noise as large as the unit's natural variation; it is seeded per unit (seed, unit order).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
+import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from paramscope.ablation.engine import FAST_OPS, fast_map
-from paramscope.ablation.interventions import UnitSpec, apply
-from paramscope.ablation.units import unit_label, unit_specs
+from paramscope.ablation.interventions import (
+    GROUPS,
+    Site,
+    UnitSpec,
+    apply,
+    n_units,
+    record,
+)
+from paramscope.ablation.units import unit_label, unit_name, unit_specs
+from paramscope.ablation.weights import (
+    WEIGHT_GROUPS,
+    WEIGHT_OPS,
+    WeightUnit,
+    edited,
+    weight_units,
+)
 from paramscope.evaluation.requests import Doc
 from paramscope.evaluation.scorer import Scores, score
 from paramscope.models.adapters import Adapter
 from paramscope.stats import paired_bootstrap_ci, paired_delta_summary
 
-MAP_GROUPS = ("heads", "neurons", "attn", "mlp", "layers")
-MAP_OPS = ("zero", "scale")
+MAP_GROUPS = (*GROUPS, *WEIGHT_GROUPS)
+MAP_OPS = ("zero", "scale", "mean", "noise")
+STAT_OPS = ("mean", "noise")  # ops that need reference statistics from dev documents
+
+
+@torch.inference_mode()
+def site_stats(adapter: Adapter, docs: tuple[Doc, ...], group: str, batch_size: int = 64
+               ) -> tuple[dict[Site, Tensor], dict[Site, Tensor]]:
+    """Mean and per-dimension std of each layer's ``group`` site at the last context position of ``docs``.
+
+    Both are (site width,) tensors keyed by (group, layer), ready for ``apply(..., means=)``.
+    """
+    if group not in GROUPS:
+        raise ValueError(f"site statistics need an activation group ({', '.join(GROUPS)}); got '{group}'")
+    if not docs:
+        raise ValueError("site statistics need at least one reference document")
+    model = adapter.model
+    dev = next(model.parameters()).device
+    sites = [(group, layer) for layer in range(adapter.n_layers)]
+    rows: dict[Site, list[Tensor]] = {site: [] for site in sites}
+    order = sorted(range(len(docs)), key=lambda i: len(docs[i].context))
+    for start in range(0, len(order), batch_size):
+        idx = order[start: start + batch_size]
+        lengths = torch.tensor([len(docs[i].context) for i in idx])
+        ids = torch.zeros(len(idx), int(lengths.max()), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, i in enumerate(idx):
+            ids[row, : lengths[row]] = torch.tensor(docs[i].context)
+            mask[row, : lengths[row]] = 1
+        with record(adapter, sites) as seen:  # right padding: real positions never see the pads
+            model.base_model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False)
+        for site in sites:
+            [acts] = seen[site]
+            rows[site].append(acts[torch.arange(len(idx)), lengths.to(acts.device) - 1].double())
+    means, stds = {}, {}
+    for site in sites:
+        acts = torch.cat(rows[site])
+        means[site] = acts.mean(0).float()
+        stds[site] = acts.std(0, correction=0).float()
+    return means, stds
+
+
+def matched_std(adapter: Adapter, spec: UnitSpec, stds: Mapping[Site, Tensor]) -> float:
+    """The unit's natural variation: sqrt of the mean, over its dimensions, of their variance."""
+    per_unit = stds[spec.site].reshape(n_units(adapter, spec.group), -1)
+    selected = per_unit[list(spec.units) or [0]]
+    return float(selected.double().pow(2).mean().sqrt())
 
 
 def paired_row(clean: Scores, ablated: Scores, n_resamples: int, seed: int) -> dict:
@@ -50,11 +126,35 @@ def ablation_map(
     seed: int,
     batch_size: int = 64,
     neuron_block: int = 64,
+    reference: tuple[Doc, ...] | None = None,
+    magnitude_bins: int = 10,
 ) -> pd.DataFrame:
-    """One row per unit: the model scored with that unit ablated, paired with ``clean``."""
+    """One row per unit: the model scored with that unit ablated, paired with ``clean``.
+
+    ``reference`` (the task's dev documents) gives the statistics of ``mean`` and ``noise``; ``seed``
+    also seeds the noise and the random controls. Weight groups use ``magnitude_bins`` bins.
+    """
+    if group in WEIGHT_GROUPS:
+        return _weight_map(adapter, docs, group, op, value, clean, n_resamples, seed, batch_size, magnitude_bins)
+    if group not in GROUPS or op not in MAP_OPS:
+        raise ValueError(f"unknown map {group}/{op}; groups: {', '.join(MAP_GROUPS)}; ops: {', '.join(MAP_OPS)}")
     rows = []
     if op in FAST_OPS:  # the engine: clean trunk once, ablated variants batched from their layer on
         results = fast_map(adapter, docs, group, op, value, batch_size, neuron_block=neuron_block)
+    elif op in STAT_OPS:
+        if reference is None:
+            raise ValueError(f"op '{op}' needs reference documents (the task's dev split)")
+        means, stds = site_stats(adapter, reference, group, batch_size)
+        results = []
+        specs = list(unit_specs(adapter, group, "mean" if op == "mean" else "scale", 0.0, neuron_block))
+        for i, base in enumerate(tqdm(specs, leave=False)):
+            if op == "mean":
+                results.append((base, _loop_scores(adapter, docs, base, batch_size, means=means)))
+            else:
+                spec = UnitSpec(base.group, base.layer, base.units, "noise", value * matched_std(adapter, base, stds))
+                dev = next(adapter.model.parameters()).device
+                gen = torch.Generator(dev).manual_seed(int(seed) * 1_000_003 + i)
+                results.append((spec, _loop_scores(adapter, docs, spec, batch_size, generator=gen)))
     else:
         results = [(spec, _loop_scores(adapter, docs, spec, batch_size))
                    for spec in tqdm(list(unit_specs(adapter, group, op, value, neuron_block)), leave=False)]
@@ -67,15 +167,46 @@ def ablation_map(
                 "n_units": max(1, len(spec.units)),
                 "op": op,
                 "value": float(value),
+                "unit_name": unit_name(spec),
                 **paired_row(clean, ablated, n_resamples, seed),
             }
         )
     return pd.DataFrame(rows)
 
 
-def _loop_scores(adapter: Adapter, docs: tuple[Doc, ...], spec: UnitSpec, batch_size: int) -> Scores:
+def _weight_map(adapter: Adapter, docs: tuple[Doc, ...], group: str, op: str, value: float, clean: Scores,
+                n_resamples: int, seed: int, batch_size: int, magnitude_bins: int) -> pd.DataFrame:
+    """Weight groups: each unit's entries edited in place (and restored), the model scored by the loop."""
+    if op not in WEIGHT_OPS:
+        raise ValueError(f"op '{op}' is for activation groups; weight group '{group}' takes {', '.join(WEIGHT_OPS)}")
+    rows = []
+    for unit in tqdm(list(weight_units(adapter, group, magnitude_bins, seed)), leave=False):
+        ablated = _weight_scores(adapter, docs, unit, op, value, batch_size)
+        rows.append(
+            {
+                "group": group,
+                "layer": unit.layer,
+                "unit": unit.unit,
+                "n_units": unit.n_weights,
+                "op": op,
+                "value": float(value),
+                "unit_name": unit.name,
+                **paired_row(clean, ablated, n_resamples, seed),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _weight_scores(adapter: Adapter, docs: tuple[Doc, ...], unit: WeightUnit, op: str, value: float,
+                   batch_size: int) -> Scores:
+    with edited(adapter, unit, op, value):
+        return score(adapter.model, docs, batch_size)
+
+
+def _loop_scores(adapter: Adapter, docs: tuple[Doc, ...], spec: UnitSpec, batch_size: int,
+                 means: Mapping[Site, Tensor] | None = None, generator: torch.Generator | None = None) -> Scores:
     """The plain way: the whole model scored once with one unit ablated."""
-    with apply(adapter, [spec]):
+    with apply(adapter, [spec], means=means, generator=generator):
         return score(adapter.model, docs, batch_size)
 
 

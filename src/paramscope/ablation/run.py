@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from paramscope.ablation.atlas import MAP_GROUPS, MAP_OPS, ablation_map
+from paramscope.ablation.atlas import MAP_GROUPS, MAP_OPS, STAT_OPS, ablation_map
+from paramscope.ablation.weights import WEIGHT_GROUPS, WEIGHT_OPS
 from paramscope.errors import StudyError, check_choice
 from paramscope.evaluation.scorer import score
 from paramscope.evaluation.tasks import task_docs
@@ -17,6 +18,10 @@ from paramscope.models.adapters import get_adapter
 from paramscope.store import cell_key, cell_path, write_cell
 
 log = logging.getLogger(__name__)
+
+# Part of every cell's key: bump it when a map's rows change shape or meaning, so that cells made by
+# older code are recomputed instead of being mixed into new tables.
+ROW_SCHEMA = 2
 
 
 def selected(cfg: DictConfig, key: str, default: list) -> list[str]:
@@ -31,8 +36,15 @@ def selected(cfg: DictConfig, key: str, default: list) -> list[str]:
 def check_request(cfg: DictConfig) -> None:
     check_choice("group", cfg.group, MAP_GROUPS)
     check_choice("op", cfg.op, MAP_OPS)
-    if cfg.op == "zero" and float(cfg.value) != 0.0:
-        raise StudyError(f"op 'zero' takes no value (got {cfg.value}); use op=scale value={cfg.value}")
+    if cfg.op in ("zero", "mean") and float(cfg.value) != 0.0:
+        hint = f"; use op=scale value={cfg.value}" if cfg.op == "zero" else ""
+        raise StudyError(f"op '{cfg.op}' takes no value (got {cfg.value}){hint}")
+    if cfg.op == "noise" and float(cfg.value) <= 0.0:
+        raise StudyError(f"op 'noise' needs value > 0, the noise std as a multiple of the unit's dev std "
+                         f"(got {cfg.value}); e.g. op=noise value=1")
+    if cfg.group in WEIGHT_GROUPS and cfg.op not in WEIGHT_OPS:
+        raise StudyError(f"op '{cfg.op}' does not apply to weight group '{cfg.group}'; "
+                         f"valid: {', '.join(WEIGHT_OPS)}")
 
 
 def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
@@ -41,6 +53,7 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
     models = selected(cfg, "model", cfg.ablate.models)
     tasks = selected(cfg, "task", cfg.tasks)
     value = float(cfg.value)
+    bins = int(cfg.ablate.get("magnitude_bins", 10))
     prefix = f"{cfg.group}-{cfg.op}-{value:g}-"  # lets a job find its own cells among all others
     planned: set[Path] = set()
     counts = {"computed": 0, "skipped": 0}
@@ -53,7 +66,11 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
         for task in tasks:
             for split in cfg.ablate.splits:
                 spec = dict(group=cfg.group, op=cfg.op, value=value, neuron_block=cfg.ablate.neuron_block)
-                key = prefix + cell_key(stage="ablate", digest=digest, task=task, split=split, seed=cfg.seed,
+                if cfg.group in WEIGHT_GROUPS:
+                    spec["magnitude_bins"] = bins
+                if cfg.op in STAT_OPS:
+                    spec["reference"] = "dev/last-context-position"
+                key = prefix + cell_key(stage="ablate", schema=ROW_SCHEMA, digest=digest, task=task, split=split, seed=cfg.seed,
                                         n_resamples=cfg.ablate.n_resamples, **spec)
                 path = cell_path("ablate", key, results)
                 planned.add(path)
@@ -62,8 +79,9 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
                     continue
                 docs = task_docs(cfg, task, split, tokenizer).docs
                 clean = score(model, docs, cfg.eval.batch_size)
+                reference = task_docs(cfg, task, "dev", tokenizer).docs if cfg.op in STAT_OPS else None
                 df = ablation_map(adapter, docs, cfg.group, cfg.op, value, clean, cfg.ablate.n_resamples,
-                                  cfg.seed, cfg.eval.batch_size, cfg.ablate.neuron_block)
+                                  cfg.seed, cfg.eval.batch_size, cfg.ablate.neuron_block, reference, bins)
                 meta = {"model": name, "digest": digest, "task": task, "split": split, "cell": key}
                 write_cell(pd.concat([pd.DataFrame([meta] * len(df)), df], axis=1), path)
                 counts["computed"] += 1

@@ -24,3 +24,15 @@ def unit_specs(adapter: Adapter, group: str, op: str, value: float, neuron_block
 def unit_label(spec: UnitSpec) -> int:
     """The row's ``unit`` column: head index, first neuron of a block, or -1 for a whole site."""
     return spec.units[0] if spec.units else -1
+
+
+def unit_name(spec: UnitSpec) -> str:
+    """The row's ``unit_name`` column, e.g. ``L1 head 3``, ``L0 neurons 64-127``, ``L2 mlp``."""
+    if spec.group == "heads":
+        return f"L{spec.layer} head {spec.units[0]}" if len(spec.units) == 1 else f"L{spec.layer} heads {list(spec.units)}"
+    if spec.group == "neurons":
+        lo, hi = spec.units[0], spec.units[-1]
+        if hi - lo + 1 == len(spec.units):
+            return f"L{spec.layer} neurons {lo}-{hi}"
+        return f"L{spec.layer} neurons {list(spec.units)}"
+    return f"L{spec.layer} {spec.group}"

@@ -1,0 +1,263 @@
+"""Atlas units beyond zero/scale hooks: mean and noise ops, and reversible weight-edit units."""
+
+import itertools
+import os
+from copy import deepcopy
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pandas as pd
+import pytest
+import torch
+from conftest import make_cfg
+from transformers import AutoTokenizer
+
+from paramscope.ablation.atlas import MAP_GROUPS, MAP_OPS, site_stats
+from paramscope.ablation.interventions import UnitSpec, apply
+from paramscope.ablation.weights import (
+    edited,
+    magnitude_units,
+    matrix_type,
+    matrix_units,
+    random_units,
+)
+from paramscope.evaluation.requests import Doc
+from paramscope.models.adapters import get_adapter, weight_in_out
+from paramscope.models.random_models import tiny_random_model
+
+ATOL = 1e-5
+FAMILIES = ["gpt_neox", "gpt2"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def setup(request, one_thread):
+    adapter = get_adapter(tiny_random_model(request.param, seed=3))
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+    return adapter, ids
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_bit_exact(model, before):
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        assert torch.equal(after[k], v), k
+
+
+def test_matrix_zero_equals_zeroed_copy_and_restores_exactly(setup):
+    adapter, ids = setup
+    clean = logits(adapter.model, ids)
+    before = snapshot(adapter.model)
+    units = list(matrix_units(adapter))
+    assert [u.name for u in units] == list(adapter.linear_modules())
+    for unit in units:
+        copy = deepcopy(adapter.model)
+        with torch.no_grad():
+            copy.get_submodule(unit.name).weight.zero_()
+        with edited(adapter, unit):
+            assert (adapter.model.get_submodule(unit.name).weight == 0).all()
+            hooked = logits(adapter.model, ids)
+        assert torch.allclose(hooked, logits(copy, ids), atol=ATOL), unit.name
+        assert unit.n_weights == adapter.model.get_submodule(unit.name).weight.numel()
+        assert unit.layer == int(unit.name.split(".")[2])  # gpt_neox.layers.L... / transformer.h.L...
+    assert (hooked - clean).abs().max() > 1e-3
+    assert_bit_exact(adapter.model, before)
+    assert torch.equal(logits(adapter.model, ids), clean)
+
+
+def test_weight_edits_restore_on_exception(setup):
+    adapter, _ = setup
+    before = snapshot(adapter.model)
+    unit = next(magnitude_units(adapter, 4))
+    with pytest.raises(RuntimeError, match="boom"), edited(adapter, unit, "scale", 3.0):
+        assert any(not torch.equal(adapter.model.state_dict()[k], v) for k, v in before.items())
+        raise RuntimeError("boom")
+    assert_bit_exact(adapter.model, before)
+    for unit in [*magnitude_units(adapter, 4), *random_units(adapter, 4, seed=1)]:
+        with edited(adapter, unit):
+            pass
+    assert_bit_exact(adapter.model, before)
+
+
+@pytest.mark.parametrize("n_bins", [3, 10])
+def test_magnitude_bins_partition_each_matrix_type(setup, n_bins):
+    adapter, _ = setup
+    modules = adapter.linear_modules()
+    bins = list(magnitude_units(adapter, n_bins))
+    assert len(bins) == 2 * n_bins and [b.unit for b in bins] == list(range(2 * n_bins))
+    counts = {name: torch.zeros(m.weight.numel(), dtype=torch.long) for name, m in modules.items()}
+    for b in bins:
+        kinds = {matrix_type(adapter, name) for name in b.entries}
+        assert kinds == {"attn" if b.unit < n_bins else "mlp"}
+        assert b.layer == -1 and b.name.endswith(f"bin {b.unit % n_bins} of {n_bins}")
+        for name, idx in b.entries.items():
+            counts[name][idx] += 1
+    assert all((c == 1).all() for c in counts.values())  # every entry in exactly one bin
+    for t in range(2):  # bins are ordered by |w| within a type and have (nearly) equal sizes
+        typed = bins[t * n_bins:(t + 1) * n_bins]
+        sizes = [b.n_weights for b in typed]
+        assert max(sizes) - min(sizes) <= 1
+        mags = [torch.cat([modules[n].weight.detach().reshape(-1)[i].abs() for n, i in b.entries.items()])
+                for b in typed]
+        for lo, hi in itertools.pairwise(mags):
+            assert lo.max() <= hi.min()
+
+
+def test_random_controls_match_bin_sizes_and_are_seeded(setup):
+    adapter, _ = setup
+    bins = list(magnitude_units(adapter, 5))
+    controls = list(random_units(adapter, 5, seed=7))
+    again = list(random_units(adapter, 5, seed=7))
+    other = list(random_units(adapter, 5, seed=8))
+    assert [c.unit for c in controls] == [b.unit for b in bins]
+    for b, c, a, o in zip(bins, controls, again, other):
+        assert c.n_weights == b.n_weights
+        assert {matrix_type(adapter, n) for n in c.entries} <= {matrix_type(adapter, n) for n in b.entries}
+        assert c.entries.keys() == a.entries.keys()
+        assert all(torch.equal(c.entries[n], a.entries[n]) for n in c.entries)
+        for idx in c.entries.values():
+            assert idx.unique().numel() == idx.numel()
+        assert any(n not in o.entries or not torch.equal(c.entries[n], o.entries[n]) for n in c.entries)
+
+
+def test_head_mean_equals_replacing_the_slice_with_the_recorded_mean(setup):
+    adapter, ids = setup
+    gen = torch.Generator().manual_seed(1)
+    docs = tuple(Doc(i, tuple(torch.randint(0, 64, (int(n),), generator=gen).tolist()), ((1,), (2,)), (1, 1), 0)
+                 for i, n in enumerate(torch.randint(3, 10, (8,), generator=gen)))
+    means, stds = site_stats(adapter, docs, "heads", batch_size=3)
+    # manual: each document alone, last position of the attention output projection's input
+    layer, head, d = 1, 2, adapter.d_head
+    seen = []
+    handle = adapter.attn_out_proj(layer).register_forward_pre_hook(lambda m, a: seen.append(a[0][0, -1]))
+    try:
+        for doc in docs:
+            logits(adapter.model, torch.tensor([doc.context]))
+    finally:
+        handle.remove()
+    manual = torch.stack(seen)
+    assert torch.allclose(means[("heads", layer)], manual.mean(0), atol=1e-5)
+    assert torch.allclose(stds[("heads", layer)], manual.std(0, correction=0), atol=1e-5)
+    clean = logits(adapter.model, ids)
+    with apply(adapter, [UnitSpec("heads", layer, (head,), "mean")], means=means):
+        hooked = logits(adapter.model, ids)
+    mean = means[("heads", layer)][head * d:(head + 1) * d]
+
+    def replace(module, args):
+        x = args[0].clone()
+        x[..., head * d:(head + 1) * d] = mean
+        return (x, *args[1:])
+
+    handle = adapter.attn_out_proj(layer).register_forward_pre_hook(replace)
+    try:
+        reference = logits(adapter.model, ids)
+    finally:
+        handle.remove()
+    assert torch.allclose(hooked, reference, atol=ATOL)
+    # the same through weights: the head's columns zeroed and W[:, slice] @ mean folded into the bias
+    copy = get_adapter(deepcopy(adapter.model))
+    with torch.no_grad():
+        proj = copy.attn_out_proj(layer)
+        w = weight_in_out(proj)
+        proj.bias += w[:, head * d:(head + 1) * d] @ mean
+        w[:, head * d:(head + 1) * d] = 0
+    assert torch.allclose(hooked, logits(copy.model, ids), atol=ATOL)
+    assert (hooked - clean).abs().max() > 1e-3
+
+
+def test_map_lists():
+    assert MAP_GROUPS == ("heads", "neurons", "attn", "mlp", "layers", "matrix", "magnitude", "random")
+    assert MAP_OPS == ("zero", "scale", "mean", "noise")
+
+
+@pytest.fixture(scope="module")
+def grid(smoke_suite, tmp_path_factory):
+    """A models folder with a tiny random GPT-NeoX as `scratch`, and a cfg maker for the ablate stage."""
+    from paramscope.models.zoo import save_model
+
+    _, data = smoke_suite
+    tmp = tmp_path_factory.mktemp("atlas")
+    tok = AutoTokenizer.from_pretrained(data / "tokenizer")
+    model = tiny_random_model("gpt_neox", seed=2, vocab_size=len(tok))
+    save_model(model, tok, tmp / "models" / "scratch", {"variant": "scratch", "test": True})
+
+    def cfg(*overrides):
+        return make_cfg("ablate", [
+            "profile=smoke", f"paths.data={data}", f"paths.tasks={data / 'tasks'}",
+            f"paths.tokenizer={data / 'tokenizer'}", f"paths.train={data / 'train'}",
+            f"paths.models={tmp / 'models'}", f"paths.results={tmp / 'results'}", "model=scratch",
+            "task=induction", "device=cpu", *overrides,
+        ])
+
+    return cfg, tmp / "results"
+
+
+BASE_COLUMNS = ["model", "digest", "task", "split", "cell", "group", "layer", "unit", "n_units", "op", "value",
+                "n", "delta_acc", "loss", "loss_clean", "delta_loss", "ex_correct", "ex_gold_ll", "unit_name"]
+
+
+def read_cells(results, prefix):
+    files = sorted((results / "ablate").glob(f"{prefix}*.parquet"))
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True), len(files)
+
+
+@pytest.mark.parametrize("group, op, value, n_rows", [("heads", "mean", 0.0, 12), ("magnitude", "zero", 0.0, 6),
+                                                      ("random", "zero", 0.0, 6), ("heads", "noise", 1.0, 12)])
+def test_grid_writes_rows_in_the_atlas_schema(grid, group, op, value, n_rows):
+    from paramscope.ablation.run import run_grid
+
+    make, results = grid
+    cfg = make(f"group={group}", f"op={op}", f"value={value}", "ablate.magnitude_bins=3")
+    counts = run_grid(cfg, results)
+    assert counts["computed"] == 2  # dev and test
+    df, n_files = read_cells(results, f"{group}-{op}-{value:g}-")
+    assert n_files == 2
+    assert set(BASE_COLUMNS) <= set(df.columns)
+    assert len(df) == 2 * n_rows and set(df.split) == {"dev", "test"}
+    assert (df.group == group).all() and (df.op == op).all() and (df.value == value).all()
+    assert not df.duplicated(["split", "layer", "unit"]).any()
+    assert df.unit_name.map(lambda s: isinstance(s, str) and len(s) > 0).all()
+    if group == "heads":
+        assert (df.n_units == 1).all() and set(df.layer) == {0, 1, 2} and set(df.unit) == {0, 1, 2, 3}
+    else:
+        assert (df.layer == -1).all() and sorted(set(df.unit)) == list(range(6))
+        per_type = df[df.split == "test"].sort_values("unit").n_units.to_numpy()
+        linear = get_adapter(tiny_random_model("gpt_neox", vocab_size=8)).linear_modules()
+        attn = sum(m.weight.numel() for n, m in linear.items() if ".attention." in n)
+        assert per_type[:3].sum() == attn
+        assert per_type[3:].sum() == sum(m.weight.numel() for m in linear.values()) - attn
+    assert run_grid(cfg, results)["skipped"] == 2  # finished cells are found by key
+    if op == "noise":  # seeded: recomputing gives the same numbers
+        first = df.sort_values(["split", "layer", "unit"]).ex_gold_ll.tolist()
+        for f in (results / "ablate").glob(f"{group}-{op}-{value:g}-*.parquet"):
+            f.unlink()
+        run_grid(cfg, results)
+        df2, _ = read_cells(results, f"{group}-{op}-{value:g}-")
+        assert [list(x) for x in df2.sort_values(["split", "layer", "unit"]).ex_gold_ll] == [list(x) for x in first]
+
+
+def test_grid_refuses_ops_that_do_not_apply(grid):
+    from paramscope.ablation.run import check_request
+    from paramscope.errors import StudyError
+
+    make, _ = grid
+    with pytest.raises(StudyError, match="op 'mean' does not apply to weight group 'magnitude'; valid: zero, scale"):
+        check_request(make("group=magnitude", "op=mean"))
+    with pytest.raises(StudyError, match="op 'noise' needs value > 0"):
+        check_request(make("group=heads", "op=noise"))
