@@ -36,6 +36,7 @@ from paramscope.ablation.interventions import (
     n_units,
     record,
 )
+from paramscope.ablation.screen import attribution_screen
 from paramscope.ablation.units import unit_label, unit_name, unit_specs
 from paramscope.ablation.weights import (
     WEIGHT_GROUPS,
@@ -139,8 +140,12 @@ def ablation_map(
     if group not in GROUPS or op not in MAP_OPS:
         raise ValueError(f"unknown map {group}/{op}; groups: {', '.join(MAP_GROUPS)}; ops: {', '.join(MAP_OPS)}")
     rows = []
+    screen = None
     if op in FAST_OPS:  # the engine: clean trunk once, ablated variants batched from their layer on
         results = fast_map(adapter, docs, group, op, value, batch_size, neuron_block=neuron_block)
+        # The first-order screen, stored beside the exact map to be judged against it, never used for it.
+        screen = attribution_screen(adapter, docs, group, neuron_block, op, value, batch_size=batch_size,
+                                    specs=[spec for spec, _ in results])
     elif op in STAT_OPS:
         if reference is None:
             raise ValueError(f"op '{op}' needs reference documents (the task's dev split)")
@@ -158,7 +163,7 @@ def ablation_map(
     else:
         results = [(spec, _loop_scores(adapter, docs, spec, batch_size))
                    for spec in tqdm(list(unit_specs(adapter, group, op, value, neuron_block)), leave=False)]
-    for spec, ablated in results:
+    for k, (spec, ablated) in enumerate(results):
         rows.append(
             {
                 "group": group,
@@ -169,6 +174,8 @@ def ablation_map(
                 "value": float(value),
                 "unit_name": unit_name(spec),
                 **paired_row(clean, ablated, n_resamples, seed),
+                # estimated change in mean gold log-likelihood; the exact one is -delta_loss
+                "screen_delta_gold_ll": float(screen[k]) if screen is not None else float("nan"),
             }
         )
     return pd.DataFrame(rows)

@@ -38,6 +38,7 @@ from paramscope.stats import (
     map_spearman,
     mcnemar_exact,
     paired_bootstrap_ci,
+    recall_at_k,
 )
 from paramscope.store import atomic_dir, load_results
 
@@ -530,6 +531,21 @@ def _r(x: object) -> float | int | None:
     return float(f"{x:.6g}") if np.isfinite(x) else None  # six significant digits: small p-values survive
 
 
+def screen_agreement(atlas: pd.DataFrame, k: int = 10) -> pd.DataFrame:
+    """Per map, how well the first-order screen ranks units against the exact map: Spearman rho of
+    the screen's estimated gold-log-likelihood change with the exact one (-delta_loss), and the share
+    of the exact top-k units (largest loss increase) that the screen also puts in its top k."""
+    if "screen_delta_gold_ll" not in atlas:
+        return pd.DataFrame(columns=[*MAP_KEYS, "n_units", "spearman", "recall_at_k", "k"])
+    rows = []
+    for key, m in atlas.dropna(subset=["screen_delta_gold_ll"]).groupby(MAP_KEYS, sort=True):
+        exact, screen = m["delta_loss"].to_numpy(), -m["screen_delta_gold_ll"].to_numpy()
+        kk = min(k, len(m))
+        rows.append({**dict(zip(MAP_KEYS, key)), "n_units": len(m), "spearman": map_spearman(screen, exact)[0],
+                     "recall_at_k": recall_at_k(screen, exact, kk), "k": kk})
+    return pd.DataFrame(rows, columns=[*MAP_KEYS, "n_units", "spearman", "recall_at_k", "k"])
+
+
 def build_metrics(rep: Reports, s: Settings) -> dict[str, float | int | None]:
     """Headline numbers as a flat dict (``dvc metrics show/diff``), all measured on ``s.split``."""
     out: dict[str, float | int | None] = {}
@@ -547,6 +563,11 @@ def build_metrics(rep: Reports, s: Settings) -> dict[str, float | int | None]:
         out[f"atlas/all/{label}/n_sig"] = _r(g["n_sig"].sum())
     for (group, model), g in rep.spearman[rep.spearman["kind"] == "task"].groupby(["group", "scope"], sort=False):
         out[f"spearman/{group}/{model}/mean_rho"] = _r(g["rho"].mean())
+    screen = rep.screen[rep.screen["split"] == s.split]
+    for (group, op, value), g in screen.groupby(["group", "op", "value"], sort=True):
+        label = map_label(group, op, value)
+        out[f"screen/{label}/median_spearman"] = _r(g["spearman"].median())
+        out[f"screen/{label}/median_recall_at_k"] = _r(g["recall_at_k"].median())
     return out
 
 
@@ -644,6 +665,10 @@ class Reports:
     tables: dict[str, str] = field(default_factory=dict)
 
     @property
+    def screen(self) -> pd.DataFrame:
+        return screen_agreement(self.atlas)
+
+    @property
     def layer_profile(self) -> pd.DataFrame:
         cols = [*MAP_KEYS, "layer", "delta_acc", "ci_low", "ci_high", "q", "significant", "delta_loss"]
         keep = self.atlas["group"].isin(SITE_GROUPS) & (self.atlas["split"] == self.split)
@@ -677,6 +702,7 @@ def write(rep: Reports, out: Path) -> None:
         write_csv(rep.maps, d / "atlas_maps.csv")
         write_csv(rep.tops, d / "atlas_top.csv")
         write_csv(rep.spearman, d / "spearman.csv")
+        write_csv(rep.screen, d / "screen_agreement.csv")
     buf = io.BytesIO()
     rep.atlas.to_parquet(buf, index=False)
     write_bytes(out / "atlas.parquet", buf.getvalue())
