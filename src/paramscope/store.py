@@ -34,7 +34,8 @@ def cell_path(stage: str, key: str, root: Path | None = None) -> Path:
 def write_cell(df: pd.DataFrame, path: Path) -> None:
     """Write a cell so that readers see either nothing or the whole file (temp file + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".parquet")
+    # Not named *.parquet, so a write killed midway is never read back as a cell.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".partial")
     os.close(fd)
     try:
         df.to_parquet(tmp, index=False)

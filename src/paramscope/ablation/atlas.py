@@ -116,6 +116,10 @@ def paired_row(clean: Scores, ablated: Scores, n_resamples: int, seed: int) -> d
     }
 
 
+# Groups with many units per layer, where a cheap ranking is what the screen is for.
+SCREENED_GROUPS = ("heads", "neurons")
+
+
 def ablation_map(
     adapter: Adapter,
     docs: tuple[Doc, ...],
@@ -143,9 +147,6 @@ def ablation_map(
     screen = None
     if op in FAST_OPS:  # the engine: clean trunk once, ablated variants batched from their layer on
         results = fast_map(adapter, docs, group, op, value, batch_size, neuron_block=neuron_block)
-        # The first-order screen, stored beside the exact map to be judged against it, never used for it.
-        screen = attribution_screen(adapter, docs, group, neuron_block, op, value, batch_size=batch_size,
-                                    specs=[spec for spec, _ in results])
     elif op in STAT_OPS:
         if reference is None:
             raise ValueError(f"op '{op}' needs reference documents (the task's dev split)")
@@ -163,6 +164,10 @@ def ablation_map(
     else:
         results = [(spec, _loop_scores(adapter, docs, spec, batch_size))
                    for spec in tqdm(list(unit_specs(adapter, group, op, value, neuron_block)), leave=False)]
+    if op == "zero" and group in SCREENED_GROUPS:
+        # The first-order screen, stored beside the exact map to be judged against it, never used for it.
+        screen = attribution_screen(adapter, docs, group, neuron_block, op, value, batch_size=batch_size,
+                                    specs=[spec for spec, _ in results])
     for k, (spec, ablated) in enumerate(results):
         rows.append(
             {

@@ -93,7 +93,9 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
 
 def prune_stale(results: Path, prefix: str, planned: set[Path]) -> int:
     """Drop this job's cells that the full grid no longer plans (e.g. made for a retrained model)."""
-    stale = [p for p in (results / "ablate").glob(f"{prefix}*.parquet") if p not in planned]
+    folder = results / "ablate"
+    stale = [p for p in folder.glob(f"{prefix}*.parquet") if p not in planned]
+    stale += list(folder.glob(".tmp-*.partial"))  # left by a job killed while writing
     for p in stale:
         p.unlink()
     return len(stale)
