@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from paramscope.ablation.engine import gate_value
+from paramscope.ablation.engine import _padded, gate_value
 from paramscope.ablation.interventions import GROUPS, Site, UnitSpec, gated, n_units
 from paramscope.ablation.units import unit_specs
 from paramscope.evaluation.requests import Doc
@@ -47,14 +47,9 @@ def _log_probs(model, hidden: Tensor) -> Tensor:
 def _single_token_lls(model, docs: Sequence[Doc]) -> list[Tensor]:
     """Choice log-likelihoods (with gradients) when every choice is one token: one padded forward."""
     dev = next(model.parameters()).device
-    lengths = [len(d.context) for d in docs]
-    ids = torch.zeros(len(docs), max(lengths), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, d in enumerate(docs):
-        ids[row, : lengths[row]] = torch.tensor(d.context)
-        mask[row, : lengths[row]] = 1
-    hidden = model.base_model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False).last_hidden_state
-    last = hidden[torch.arange(len(docs), device=dev), torch.tensor(lengths, device=dev) - 1]
+    ids, mask, last_pos = _padded(docs, dev)
+    hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    last = hidden[torch.arange(len(docs), device=dev), last_pos]
     logp = _log_probs(model, last)
     return [logp[row, torch.tensor([c[0] for c in d.choices], device=dev)] for row, d in enumerate(docs)]
 
