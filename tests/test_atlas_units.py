@@ -6,14 +6,16 @@ from copy import deepcopy
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from conftest import make_cfg
 from transformers import AutoTokenizer
 
-from paramscope.ablation.atlas import MAP_GROUPS, MAP_OPS, site_stats
+from paramscope.ablation.atlas import MAP_GROUPS, MAP_OPS, resample_pool, site_stats
 from paramscope.ablation.interventions import UnitSpec, apply
+from paramscope.ablation.resample import token_key
 from paramscope.ablation.weights import (
     edited,
     magnitude_units,
@@ -22,6 +24,7 @@ from paramscope.ablation.weights import (
     random_units,
 )
 from paramscope.evaluation.requests import Doc
+from paramscope.evaluation.scorer import score
 from paramscope.models.adapters import get_adapter, weight_in_out
 from paramscope.models.random_models import tiny_random_model
 
@@ -183,7 +186,48 @@ def test_head_mean_equals_replacing_the_slice_with_the_recorded_mean(setup):
 
 def test_map_lists():
     assert MAP_GROUPS == ("heads", "neurons", "attn", "mlp", "layers", "matrix", "magnitude", "random")
-    assert MAP_OPS == ("zero", "scale", "mean", "noise")
+    assert MAP_OPS == ("zero", "scale", "mean", "noise", "resample")
+
+
+def random_docs(n: int, seed: int) -> tuple[Doc, ...]:
+    gen = torch.Generator().manual_seed(seed)
+    return tuple(Doc(i, tuple(torch.randint(0, 64, (int(k),), generator=gen).tolist()), ((1,), (2,), (3,)), (1, 1, 1), 0)
+                 for i, k in enumerate(torch.randint(3, 10, (n,), generator=gen)))
+
+
+def test_resample_puts_the_donors_activation_everywhere(setup):
+    """With one reference doc, resample is the `mean` op with that doc's activation as the mean."""
+    adapter, ids = setup
+    [reference] = random_docs(1, seed=3)
+    pool = resample_pool(adapter, (reference,), "heads", seed=0)
+    means, _ = site_stats(adapter, (reference,), "heads")
+    spec = UnitSpec("heads", 1, (2,), "resample")
+    with apply(adapter, [spec], pool=pool):
+        resampled = logits(adapter.model, ids)
+    assert pool.rows is None  # the per-forward donor choice does not outlive the context
+    with apply(adapter, [UnitSpec("heads", 1, (2,), "mean")], means=means):
+        assert torch.allclose(resampled, logits(adapter.model, ids), atol=ATOL)
+    assert (resampled - logits(adapter.model, ids)).abs().max() > 1e-3
+
+
+def test_resample_donors_do_not_depend_on_batching_and_skip_the_example_itself(setup):
+    adapter, _ = setup
+    docs = random_docs(12, seed=4)
+    pool = resample_pool(adapter, docs, "neurons", seed=7)
+    for doc in docs:  # every pool doc draws a donor other than itself
+        assert pool.keys[pool.donor(token_key(doc.context))] != token_key(doc.context)
+    donors = {pool.donor(token_key(d.context)) for d in docs}
+    assert len(donors) > 3  # spread over the pool, not one fixed donor
+    spec = UnitSpec("neurons", 0, tuple(range(adapter.d_ffn)), "resample")
+    with apply(adapter, [spec], pool=pool):
+        one_by_one = score(adapter.model, docs, batch_size=1)
+        batched = score(adapter.model, docs, batch_size=5)
+    clean = score(adapter.model, docs, batch_size=5)
+    for a, b, c in zip(one_by_one.lls, batched.lls, clean.lls):
+        assert np.allclose(a, b, atol=1e-5)
+    assert max(np.abs(a - c).max() for a, c in zip(batched.lls, clean.lls)) > 1e-3
+    other = resample_pool(adapter, docs, "neurons", seed=8)  # the seed changes the draw
+    assert [other.donor(token_key(d.context)) for d in docs] != [pool.donor(token_key(d.context)) for d in docs]
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +261,8 @@ def read_cells(results, prefix):
     return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True), len(files)
 
 
-@pytest.mark.parametrize("group, op, value, n_rows", [("heads", "mean", 0.0, 12), ("magnitude", "zero", 0.0, 6),
+@pytest.mark.parametrize("group, op, value, n_rows", [("heads", "mean", 0.0, 12), ("heads", "resample", 0.0, 12),
+                                                      ("magnitude", "zero", 0.0, 6),
                                                       ("random", "zero", 0.0, 6), ("heads", "noise", 1.0, 12)])
 def test_grid_writes_rows_in_the_atlas_schema(grid, group, op, value, n_rows):
     from paramscope.ablation.run import run_grid

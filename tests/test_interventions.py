@@ -231,7 +231,7 @@ def test_gate_gradients_reach_every_unit(setup):
     ("make", "message"),
     [
         (lambda: UnitSpec("blocks", 0), "unknown group 'blocks'; valid: heads, neurons, attn, mlp, layers"),
-        (lambda: UnitSpec("heads", 0, (1,), "resample"), "unknown op 'resample'; valid: zero, scale, mean, noise"),
+        (lambda: UnitSpec("heads", 0, (1,), "bogus"), "unknown op 'bogus'; valid: zero, scale, mean, noise, resample"),
         (lambda: UnitSpec("heads", 0), "needs at least one unit"),
         (lambda: UnitSpec("mlp", 0, (1,)), "units must be empty"),
         (lambda: UnitSpec("heads", 0, (1,), "noise", -1.0), "noise std must be >= 0"),

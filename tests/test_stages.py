@@ -38,7 +38,7 @@ def prepared(tmp_path_factory):
     "stage, overrides, message",
     [
         ("ablate", ["group=bogus"], "unknown group 'bogus'; valid: heads, neurons, attn, mlp, layers, matrix, magnitude, random"),
-        ("ablate", ["op=bogus"], "unknown op 'bogus'; valid: zero, scale, mean, noise"),
+        ("ablate", ["op=bogus"], "unknown op 'bogus'; valid: zero, scale, mean, noise, resample"),
         ("ablate", ["model=bogus"], "unknown model 'bogus'; valid: scratch, gen2, tuned"),
         ("ablate", ["task=bogus"], "unknown task 'bogus'; valid: induction, kv, facts, arith"),
         ("prepare", ["tasks=[induction,bogus]"], "unknown task 'bogus'; valid: induction, kv, facts, arith"),

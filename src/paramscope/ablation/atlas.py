@@ -4,11 +4,11 @@ A *map* (model x task x split x group x op x value) is one grid cell and one Par
 are the units. Statistics per row are paired against the clean model on the same documents.
 
 Activation groups (heads, neurons, attn, mlp, layers) take every op: `zero` and `scale` run on the fast
-engine; `mean` and `noise` on the plain loop, with reference statistics from `site_stats` on the task's
-dev documents. Weight groups (matrix, magnitude, random; see `weights`) take `zero` and `scale` and run
+engine; `mean`, `noise` and `resample` on the plain loop, with reference activations from the task's
+dev documents (`site_stats`, `resample_pool`; see `resample` for how each example's donor is drawn). Weight groups (matrix, magnitude, random; see `weights`) take `zero` and `scale` and run
 on the plain loop with the weights edited reversibly.
 
-`mean` and `noise` statistics are taken at the *last context position* of each dev document, not over
+`mean`, `noise` and `resample` references are taken at the *last context position* of each dev document, not over
 all tokens: that position is the one whose output the scorer reads (it predicts every single-token
 choice, and the first token of multi-token ones), so the replacement is in-distribution exactly where
 it matters; an all-token mean would mix in early positions (little context, attention-sink tokens)
@@ -36,6 +36,7 @@ from paramscope.ablation.interventions import (
     n_units,
     record,
 )
+from paramscope.ablation.resample import ResamplePool, token_key
 from paramscope.ablation.screen import attribution_screen
 from paramscope.ablation.units import unit_label, unit_name, unit_specs
 from paramscope.ablation.weights import (
@@ -51,21 +52,18 @@ from paramscope.models.adapters import Adapter
 from paramscope.stats import paired_bootstrap_ci, paired_delta_summary
 
 MAP_GROUPS = (*GROUPS, *WEIGHT_GROUPS)
-MAP_OPS = ("zero", "scale", "mean", "noise")
-STAT_OPS = ("mean", "noise")  # ops that need reference statistics from dev documents
+MAP_OPS = ("zero", "scale", "mean", "noise", "resample")
+STAT_OPS = ("mean", "noise", "resample")  # ops that need reference activations from dev documents
 
 
 @torch.inference_mode()
-def site_stats(adapter: Adapter, docs: tuple[Doc, ...], group: str, batch_size: int = 64
-               ) -> tuple[dict[Site, Tensor], dict[Site, Tensor]]:
-    """Mean and per-dimension std of each layer's ``group`` site at the last context position of ``docs``.
-
-    Both are (site width,) tensors keyed by (group, layer), ready for ``apply(..., means=)``.
-    """
+def reference_activations(adapter: Adapter, docs: tuple[Doc, ...], group: str, batch_size: int = 64
+                          ) -> dict[Site, Tensor]:
+    """Each layer's ``group`` site at the last context position of every doc: (n docs, site width), in doc order."""
     if group not in GROUPS:
-        raise ValueError(f"site statistics need an activation group ({', '.join(GROUPS)}); got '{group}'")
+        raise ValueError(f"reference activations need an activation group ({', '.join(GROUPS)}); got '{group}'")
     if not docs:
-        raise ValueError("site statistics need at least one reference document")
+        raise ValueError("reference activations need at least one reference document")
     model = adapter.model
     dev = next(model.parameters()).device
     sites = [(group, layer) for layer in range(adapter.n_layers)]
@@ -84,12 +82,26 @@ def site_stats(adapter: Adapter, docs: tuple[Doc, ...], group: str, batch_size: 
         for site in sites:
             [acts] = seen[site]
             rows[site].append(acts[torch.arange(len(idx)), lengths.to(acts.device) - 1].double())
-    means, stds = {}, {}
-    for site in sites:
-        acts = torch.cat(rows[site])
-        means[site] = acts.mean(0).float()
-        stds[site] = acts.std(0, correction=0).float()
+    back = torch.as_tensor(np.argsort(order))  # batches ran in length order; rows go back to doc order
+    return {site: torch.cat(rows[site])[back.to(rows[site][0].device)] for site in sites}
+
+
+def site_stats(adapter: Adapter, docs: tuple[Doc, ...], group: str, batch_size: int = 64
+               ) -> tuple[dict[Site, Tensor], dict[Site, Tensor]]:
+    """Mean and per-dimension std of each layer's ``group`` site at the last context position of ``docs``.
+
+    Both are (site width,) tensors keyed by (group, layer), ready for ``apply(..., means=)``.
+    """
+    acts = reference_activations(adapter, docs, group, batch_size)
+    means = {site: a.mean(0).float() for site, a in acts.items()}
+    stds = {site: a.std(0, correction=0).float() for site, a in acts.items()}
     return means, stds
+
+
+def resample_pool(adapter: Adapter, docs: tuple[Doc, ...], group: str, seed: int, batch_size: int = 64) -> ResamplePool:
+    """The donors of `resample`: every reference doc's site activations, keyed by its context tokens."""
+    acts = reference_activations(adapter, docs, group, batch_size)
+    return ResamplePool({site: a.float() for site, a in acts.items()}, [token_key(d.context) for d in docs], seed)
 
 
 def matched_std(adapter: Adapter, spec: UnitSpec, stds: Mapping[Site, Tensor]) -> float:
@@ -136,8 +148,8 @@ def ablation_map(
 ) -> pd.DataFrame:
     """One row per unit: the model scored with that unit ablated, paired with ``clean``.
 
-    ``reference`` (the task's dev documents) gives the statistics of ``mean`` and ``noise``; ``seed``
-    also seeds the noise and the random controls. Weight groups use ``magnitude_bins`` bins.
+    ``reference`` (the task's dev documents) gives the statistics of ``mean`` and ``noise`` and the donors
+    of ``resample``; ``seed`` also seeds the noise, the donor draw and the random controls. Weight groups use ``magnitude_bins`` bins.
     """
     if group in WEIGHT_GROUPS:
         return _weight_map(adapter, docs, group, op, value, clean, n_resamples, seed, batch_size, magnitude_bins)
@@ -150,12 +162,17 @@ def ablation_map(
     elif op in STAT_OPS:
         if reference is None:
             raise ValueError(f"op '{op}' needs reference documents (the task's dev split)")
-        means, stds = site_stats(adapter, reference, group, batch_size)
+        if op == "resample":
+            pool = resample_pool(adapter, reference, group, seed, batch_size)
+        else:
+            means, stds = site_stats(adapter, reference, group, batch_size)
         results = []
-        specs = list(unit_specs(adapter, group, "mean" if op == "mean" else "scale", 0.0, neuron_block))
+        specs = list(unit_specs(adapter, group, op if op in ("mean", "resample") else "scale", 0.0, neuron_block))
         for i, base in enumerate(tqdm(specs, leave=False)):
             if op == "mean":
                 results.append((base, _loop_scores(adapter, docs, base, batch_size, means=means)))
+            elif op == "resample":
+                results.append((base, _loop_scores(adapter, docs, base, batch_size, pool=pool)))
             else:
                 spec = UnitSpec(base.group, base.layer, base.units, "noise", value * matched_std(adapter, base, stds))
                 dev = next(adapter.model.parameters()).device
@@ -216,9 +233,10 @@ def _weight_scores(adapter: Adapter, docs: tuple[Doc, ...], unit: WeightUnit, op
 
 
 def _loop_scores(adapter: Adapter, docs: tuple[Doc, ...], spec: UnitSpec, batch_size: int,
-                 means: Mapping[Site, Tensor] | None = None, generator: torch.Generator | None = None) -> Scores:
+                 means: Mapping[Site, Tensor] | None = None, generator: torch.Generator | None = None,
+                 pool: ResamplePool | None = None) -> Scores:
     """The plain way: the whole model scored once with one unit ablated."""
-    with apply(adapter, [spec], means=means, generator=generator):
+    with apply(adapter, [spec], means=means, generator=generator, pool=pool):
         return score(adapter.model, docs, batch_size)
 
 

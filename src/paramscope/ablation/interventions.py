@@ -28,10 +28,11 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from transformers import PreTrainedModel
 
+from paramscope.ablation.resample import ResamplePool
 from paramscope.models.adapters import Adapter, get_adapter
 
 GROUPS: tuple[str, ...] = ("heads", "neurons", "attn", "mlp", "layers")
-OPS: tuple[str, ...] = ("zero", "scale", "mean", "noise")
+OPS: tuple[str, ...] = ("zero", "scale", "mean", "noise", "resample")
 Site = tuple[str, int]  # (group, layer)
 Edit = Callable[[Tensor], Tensor]  # (..., n_units, width) -> same shape
 
@@ -133,7 +134,8 @@ def _check_site(adapter: Adapter, group: str, layer: int, units: Sequence[int] =
         raise ValueError(f"{group} units {bad} out of range 0..{count - 1} in layer {layer}")
 
 
-def _spec_edit(spec: UnitSpec, mean: Tensor | None, generator: torch.Generator | None) -> Edit:
+def _spec_edit(spec: UnitSpec, mean: Tensor | None, generator: torch.Generator | None,
+               pool: ResamplePool | None = None) -> Edit:
     """The fixed operation of `spec` on its selected units; the rest of the site is left as is."""
     index = list(spec.units) or [0]
 
@@ -145,6 +147,9 @@ def _spec_edit(spec: UnitSpec, mean: Tensor | None, generator: torch.Generator |
             new = selected * spec.value
         elif spec.op == "mean":
             new = mean.reshape(a.shape[-2], a.shape[-1])[index].to(selected).expand_as(selected)
+        elif spec.op == "resample":  # each row's donor activation, the same at every position
+            donor = pool.donor_acts(spec.site, a.device).reshape(a.shape[0], a.shape[-2], a.shape[-1])[:, index]
+            new = donor.reshape(a.shape[0], *([1] * (a.dim() - 3)), *donor.shape[1:]).to(selected).expand_as(selected)
         else:
             noise = torch.randn(selected.shape, generator=generator, dtype=selected.dtype, device=selected.device)
             new = selected + spec.value * noise
@@ -173,12 +178,14 @@ def apply(
     specs: Sequence[UnitSpec],
     means: Mapping[Site, Tensor] | None = None,
     generator: torch.Generator | None = None,
+    pool: ResamplePool | None = None,
 ) -> Iterator[Adapter]:
     """Run the model with every spec applied; on exit it is exactly the clean model again.
 
     `means[(group, layer)]` is the mean site activation for `op="mean"`, shape (site width,) where the
     width is n_heads * d_head for heads, d_ffn for neurons and d_model otherwise (see `record`).
     `generator` (on the model's device) makes `noise` reproducible; noise is redrawn on every forward.
+    `pool` holds the reference activations that `op="resample"` draws each example's donor from.
     """
     adapter = _as_adapter(target)
     means = means or {}
@@ -193,9 +200,18 @@ def apply(
             width = _site_width(adapter, spec.group)
             if mean.shape != (width,):
                 raise ValueError(f"means[{spec.site}] has shape {tuple(mean.shape)}; expected ({width},)")
-        edits.append((spec.site, _spec_edit(spec, mean, generator)))
-    with _hooked(adapter, edits):
-        yield adapter
+        if spec.op == "resample" and (pool is None or spec.site not in pool.acts):
+            raise ValueError(f"op 'resample' on {spec.site} needs a pool with activations for that site")
+        edits.append((spec.site, _spec_edit(spec, mean, generator, pool)))
+    resampling = any(spec.op == "resample" for spec in specs)
+    draw = adapter.model.base_model.register_forward_pre_hook(pool.pre_hook, with_kwargs=True) if resampling else None
+    try:
+        with _hooked(adapter, edits):
+            yield adapter
+    finally:
+        if draw is not None:
+            draw.remove()
+            pool.rows = None
 
 
 def _gate_edit(gate: Tensor) -> Edit:

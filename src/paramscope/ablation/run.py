@@ -36,7 +36,7 @@ def selected(cfg: DictConfig, key: str, default: list) -> list[str]:
 def check_request(cfg: DictConfig) -> None:
     check_choice("group", cfg.group, MAP_GROUPS)
     check_choice("op", cfg.op, MAP_OPS)
-    if cfg.op in ("zero", "mean") and float(cfg.value) != 0.0:
+    if cfg.op in ("zero", "mean", "resample") and float(cfg.value) != 0.0:
         hint = f"; use op=scale value={cfg.value}" if cfg.op == "zero" else ""
         raise StudyError(f"op '{cfg.op}' takes no value (got {cfg.value}){hint}")
     if cfg.op == "noise" and float(cfg.value) <= 0.0:
@@ -65,7 +65,7 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
         digest = zoo.digest(model)
         for task in tasks:
             for split in cfg.ablate.splits:
-                spec = dict(group=cfg.group, op=cfg.op, value=value, neuron_block=cfg.ablate.neuron_block)
+                spec = {"group": cfg.group, "op": cfg.op, "value": value, "neuron_block": cfg.ablate.neuron_block}
                 if cfg.group in WEIGHT_GROUPS:
                     spec["magnitude_bins"] = bins
                 if cfg.op in STAT_OPS:
