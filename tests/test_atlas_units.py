@@ -3,6 +3,7 @@
 import itertools
 import os
 from copy import deepcopy
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -306,3 +307,38 @@ def test_grid_refuses_ops_that_do_not_apply(grid):
         check_request(make("group=magnitude", "op=mean"))
     with pytest.raises(StudyError, match="op 'noise' needs value > 0"):
         check_request(make("group=heads", "op=noise"))
+
+
+def test_pairs_are_chosen_on_dev_and_measure_non_additivity(grid):
+    from paramscope.ablation.pairs import top_units
+    from paramscope.ablation.run import run_grid
+    from paramscope.evaluation.tasks import task_docs
+    from paramscope.models import zoo
+
+    make, results = grid
+    cfg = make("group=pairs", "ablate.pair_top_k=3")
+    assert run_grid(cfg, results)["computed"] == 2
+    df, _ = read_cells(results, "pairs-zero-0-")
+    assert len(df) == 2 * 3 and set(df.group) == {"pairs"}
+    dev, test = (df[df.split == s].sort_values("unit").reset_index(drop=True) for s in ("dev", "test"))
+    assert dev[["unit_a", "unit_b"]].equals(test[["unit_a", "unit_b"]])  # one choice, made on dev
+    model, tok = zoo.load("scratch", Path(cfg.paths.models))
+    adapter = get_adapter(model)
+    dev_docs = task_docs(cfg, "induction", "dev", tok).docs
+    tops = [spec for spec, _ in top_units(adapter, dev_docs, "heads", 3, neuron_block=cfg.ablate.neuron_block)]
+    a, b = tops[0], tops[1]
+    row = test[(test.rank_a == 0) & (test.rank_b == 1)].iloc[0]
+    docs = task_docs(cfg, "induction", "test", tok).docs
+    clean = score(model, docs).correct.mean()
+    acc_a, acc_b = (score_with(adapter, docs, [s]) for s in (a, b))
+    acc_ab = score_with(adapter, docs, [a, b])
+    expected = (clean - acc_ab) - (clean - acc_a) - (clean - acc_b)
+    assert row.nonadd == pytest.approx(expected, abs=1e-12)
+    assert row.delta_acc == pytest.approx(acc_ab - clean, abs=1e-12)
+    assert row.nonadd_ci_low <= row.nonadd <= row.nonadd_ci_high
+    assert run_grid(cfg, results)["skipped"] == 2
+
+
+def score_with(adapter, docs, specs) -> float:
+    with apply(adapter, specs):
+        return float(score(adapter.model, docs).correct.mean())

@@ -219,6 +219,33 @@ def test_metrics_on_a_constructed_example(tmp_path):
     assert all(isinstance(k, str) and not isinstance(v, (dict, list)) for k, v in metrics.items())
 
 
+def test_pair_rows_are_reported_as_interactions_not_as_a_map(tmp_path):
+    res = tmp_path / "results"
+    for split in SPLITS:
+        write_eval(res, eval_row("scratch", "facts", split, list(range(60)), [1] * 60))
+        write_map(res, [ablate_row("scratch", "facts", split, "heads", 0, h, 0.5, -0.01) for h in range(2)])
+        pairs = []
+        for unit, (low, high) in enumerate([(0.05, 0.2), (-0.3, -0.1), (-0.05, 0.04)]):
+            row = ablate_row("scratch", "facts", split, "pairs", -1, unit, 0.5, -0.2)
+            row.update(n_units=2, pair_group="heads", unit_name=f"p{unit}", unit_a="L0H0", unit_b=f"L1H{unit}",
+                       rank_a=0, rank_b=unit + 1, delta_acc_a=-0.1, delta_acc_b=-0.1,
+                       nonadd=(low + high) / 2, nonadd_ci_low=low, nonadd_ci_high=high)
+            pairs.append(row)
+        write_map(res, pairs)
+    out = tmp_path / "reports"
+    aggregate(res, out, Settings(n_resamples=1000, pairs=()))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["pairs/n"], metrics["pairs/n_super"], metrics["pairs/n_sub"]) == (3, 1, 1)
+    assert "atlas/scratch/facts/pairs/n_units" not in metrics  # not treated as a map of units
+    atlas = pd.read_parquet(out / "atlas.parquet")
+    assert set(atlas["group"]) == {"heads"}
+    inter = pd.read_csv(out / "data" / "interactions.csv")
+    assert list(inter[inter.split == "test"].sort_values("unit_b")["sign"]) == ["super", "sub", "none"]
+    assert (out / "tables" / "atlas_interactions.tex").exists()
+    macros = _macros(out / "macros.tex")
+    assert (macros["PairsN"], macros["PairsNSuper"], macros["PairsTopK"]) == ("3", "1", "4")
+
+
 def _macros(path: Path) -> dict[str, str]:
     out = {}
     for line in path.read_text().splitlines():
@@ -322,7 +349,7 @@ def _stage(name: str, tmp_path: Path, *overrides: str) -> subprocess.CompletedPr
     env = {**os.environ, "WANDB_MODE": "disabled"}
     cmd = [sys.executable, str(ROOT / "stages" / f"{name}.py"), f"hydra.run.dir={tmp_path / 'hydra'}",
            "hydra/job_logging=none", "hydra/hydra_logging=none", *overrides]
-    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_stages_run_end_to_end_and_fail_in_one_line(results, tmp_path):

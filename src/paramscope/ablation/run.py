@@ -9,6 +9,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from paramscope.ablation.atlas import MAP_GROUPS, MAP_OPS, STAT_OPS, ablation_map
+from paramscope.ablation.pairs import PAIR_GROUPS, pair_map
 from paramscope.ablation.weights import WEIGHT_GROUPS, WEIGHT_OPS
 from paramscope.errors import StudyError, check_choice
 from paramscope.evaluation.scorer import score
@@ -33,9 +34,17 @@ def selected(cfg: DictConfig, key: str, default: list) -> list[str]:
     return [value]
 
 
+# `pairs`: every pair of the top units of a zero map (chosen on dev), ablated jointly (non-additivity).
+GRID_GROUPS = (*MAP_GROUPS, "pairs")
+
+
 def check_request(cfg: DictConfig) -> None:
-    check_choice("group", cfg.group, MAP_GROUPS)
+    check_choice("group", cfg.group, GRID_GROUPS)
     check_choice("op", cfg.op, MAP_OPS)
+    if cfg.group == "pairs":
+        check_choice("ablate.pair_group", cfg.ablate.pair_group, PAIR_GROUPS)
+        if cfg.op != "zero":
+            raise StudyError(f"group 'pairs' is built from zero ablations; got op '{cfg.op}' (use op=zero)")
     if cfg.op in ("zero", "mean", "resample") and float(cfg.value) != 0.0:
         hint = f"; use op=scale value={cfg.value}" if cfg.op == "zero" else ""
         raise StudyError(f"op '{cfg.op}' takes no value (got {cfg.value}){hint}")
@@ -68,6 +77,9 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
                 spec = {"group": cfg.group, "op": cfg.op, "value": value, "neuron_block": cfg.ablate.neuron_block}
                 if cfg.group in WEIGHT_GROUPS:
                     spec["magnitude_bins"] = bins
+                if cfg.group == "pairs":
+                    spec.update(pair_group=cfg.ablate.pair_group, pair_top_k=int(cfg.ablate.pair_top_k),
+                                selected_on="dev")
                 if cfg.op in STAT_OPS:
                     spec["reference"] = "dev/last-context-position"
                 key = prefix + cell_key(stage="ablate", schema=ROW_SCHEMA, digest=digest, task=task, split=split, seed=cfg.seed,
@@ -79,9 +91,13 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
                     continue
                 docs = task_docs(cfg, task, split, tokenizer).docs
                 clean = score(model, docs, cfg.eval.batch_size)
-                reference = task_docs(cfg, task, "dev", tokenizer).docs if cfg.op in STAT_OPS else None
-                df = ablation_map(adapter, docs, cfg.group, cfg.op, value, clean, cfg.ablate.n_resamples,
-                                  cfg.seed, cfg.eval.batch_size, cfg.ablate.neuron_block, reference, bins)
+                reference = task_docs(cfg, task, "dev", tokenizer).docs if cfg.op in STAT_OPS or cfg.group == "pairs" else None
+                if cfg.group == "pairs":
+                    df = pair_map(adapter, reference, docs, clean, cfg.ablate.pair_group, int(cfg.ablate.pair_top_k),
+                                  cfg.ablate.n_resamples, cfg.seed, cfg.eval.batch_size, cfg.ablate.neuron_block)
+                else:
+                    df = ablation_map(adapter, docs, cfg.group, cfg.op, value, clean, cfg.ablate.n_resamples,
+                                      cfg.seed, cfg.eval.batch_size, cfg.ablate.neuron_block, reference, bins)
                 meta = {"model": name, "digest": digest, "task": task, "split": split, "cell": key}
                 write_cell(pd.concat([pd.DataFrame([meta] * len(df)), df], axis=1), path)
                 counts["computed"] += 1

@@ -246,7 +246,7 @@ def model_pairs(ev: pd.DataFrame, s: Settings) -> pd.DataFrame:
                          "acc_model": a.mean(), "acc_reference": b.mean(), "delta_acc": delta,
                          "ci_low": low, "ci_high": high, "p_mcnemar": mcnemar_exact(b, a)})
     out = pd.DataFrame(rows, columns=cols)
-    for _, idx in out.groupby(["model", "reference"], sort=False).indices.items():
+    for idx in out.groupby(["model", "reference"], sort=False).indices.values():
         out.loc[idx, "q"] = benjamini_hochberg(out.loc[idx, "p_mcnemar"].to_numpy(dtype=float))
     out["significant"] = out["q"] < s.fdr
     return out
@@ -257,10 +257,24 @@ def annotate_atlas(ab: pd.DataFrame, s: Settings) -> pd.DataFrame:
     df = _sorted(ab, s, extra=("layer", "unit"))
     q = np.full(len(df), np.nan)
     p = df["p_mcnemar"].to_numpy(dtype=float)
-    for _, idx in df.groupby(MAP_KEYS, sort=False, dropna=False).indices.items():
+    for idx in df.groupby(MAP_KEYS, sort=False, dropna=False).indices.values():
         q[idx] = benjamini_hochberg(p[idx])
     df["q"] = q
     df["significant"] = df["q"] < s.fdr
+    return df
+
+
+INTERACTION_COLUMNS = ["model", "task", "split", "pair_group", "unit_name", "unit_a", "unit_b", "rank_a", "rank_b",
+                       "delta_acc_a", "delta_acc_b", "delta_acc", "nonadd", "nonadd_ci_low", "nonadd_ci_high"]
+
+
+def interactions(pair_rows: pd.DataFrame, s: Settings) -> pd.DataFrame:
+    """Non-additivity of every pair of top units (chosen on dev), with ``sign``: the direction its CI
+    excludes 0 in (``super``: the pair hurts more than the singles together, ``sub``: less), or ``none``."""
+    if pair_rows.empty:
+        return pd.DataFrame(columns=[*INTERACTION_COLUMNS, "sign"])
+    df = _sorted(pair_rows, s, extra=("unit",))[INTERACTION_COLUMNS].reset_index(drop=True)
+    df["sign"] = np.select([df["nonadd_ci_low"] > 0, df["nonadd_ci_high"] < 0], ["super", "sub"], "none")
     return df
 
 
@@ -521,6 +535,12 @@ def build_macros(rep: Reports, s: Settings) -> dict[str, str]:
         m.add(tex.num(valid["rho"].mean(), 2) if len(valid) else tex.DASH, group, "Across", kind, "RhoMean")
         m.add(int((benjamini_hochberg(valid["p"].to_numpy(float)) < s.fdr).sum()), group, "Across", kind, "NRhoSig")
         m.add(len(g), group, "Across", kind, "NRho")
+    inter = rep.interactions[rep.interactions["split"] == s.split] if len(rep.interactions) else rep.interactions
+    m.add(len(inter), "PairsN")
+    m.add(int((inter["sign"] == "super").sum()) if len(inter) else 0, "PairsNSuper")
+    m.add(int((inter["sign"] == "sub").sum()) if len(inter) else 0, "PairsNSub")
+    m.add(tex.pct(inter["nonadd"].abs().median()) if len(inter) else tex.DASH, "PairsMedianAbsNonadd")
+    m.add(int(inter["rank_b"].max()) + 1 if len(inter) else 0, "PairsTopK")  # units per map that pairs come from
     return dict(m)
 
 
@@ -563,6 +583,11 @@ def build_metrics(rep: Reports, s: Settings) -> dict[str, float | int | None]:
         out[f"atlas/all/{label}/n_sig"] = _r(g["n_sig"].sum())
     for (group, model), g in rep.spearman[rep.spearman["kind"] == "task"].groupby(["group", "scope"], sort=False):
         out[f"spearman/{group}/{model}/mean_rho"] = _r(g["rho"].mean())
+    inter = rep.interactions[rep.interactions["split"] == s.split] if len(rep.interactions) else rep.interactions
+    if len(inter):
+        out["pairs/n"] = len(inter)
+        out["pairs/n_super"] = int((inter["sign"] == "super").sum())
+        out["pairs/n_sub"] = int((inter["sign"] == "sub").sum())
     screen = rep.screen[rep.screen["split"] == s.split]
     for (group, op, value), g in screen.groupby(["group", "op", "value"], sort=True):
         label = map_label(group, op, value)
@@ -632,6 +657,19 @@ def build_tables(rep: Reports, s: Settings) -> dict[str, str]:
         if len(part):
             tables[name] = _summary_table(part, s)
 
+    inter = rep.interactions[rep.interactions["split"] == s.split] if len(rep.interactions) else rep.interactions
+    if len(inter):
+        rows = []
+        for _, g in inter.groupby("model", sort=False):
+            rows.append(None)
+            for r in g.itertuples():
+                rows.append([rf"\textsf{{{tex.escape(r.model)}}}", rf"\textsf{{{tex.escape(r.task)}}}",
+                             tex.escape(f"{r.unit_a} + {r.unit_b}"), tex.pct(r.delta_acc_a), tex.pct(r.delta_acc_b),
+                             tex.pct(r.delta_acc), _cell(r.nonadd, r.nonadd_ci_low, r.nonadd_ci_high)])
+        tables["atlas_interactions"] = tex.booktabs(
+            ["Model", "Task", "Pair", r"$\Delta_i$", r"$\Delta_j$", r"$\Delta_{ij}$",
+             rf"Non-additivity [{level} CI]"], rows, "lllrrrc")
+
     tops = rep.tops[(rep.tops["split"] == s.split) & rep.tops["group"].isin(UNIT_GROUPS)]
     for (group, op, value), g in tops.groupby(["group", "op", "value"], sort=False):
         rows = []
@@ -660,6 +698,7 @@ class Reports:
     maps: pd.DataFrame
     spearman: pd.DataFrame
     split: str = "test"
+    interactions: pd.DataFrame = field(default_factory=pd.DataFrame)
     macros: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float | int | None] = field(default_factory=dict)
     tables: dict[str, str] = field(default_factory=dict)
@@ -677,10 +716,12 @@ class Reports:
 
 def build(ev: pd.DataFrame, ab: pd.DataFrame, s: Settings) -> Reports:
     """Everything in memory first: a failure leaves the reports folder as it was."""
-    atlas = annotate_atlas(ab, s)
+    is_pair = ab["group"] == "pairs"  # joint ablations of two top units: not a map of units
+    atlas = annotate_atlas(ab[~is_pair], s)
     tops = top_units(atlas, s)
     rep = Reports(clean=clean_accuracy(ev, s), pairs=model_pairs(ev, s), atlas=atlas, tops=tops,
-                  maps=map_summary(atlas, tops, s), spearman=spearman(atlas, s), split=s.split)
+                  maps=map_summary(atlas, tops, s), spearman=spearman(atlas, s), split=s.split,
+                  interactions=interactions(ab[is_pair], s))
     rep.macros = build_macros(rep, s)
     rep.metrics = build_metrics(rep, s)
     rep.tables = build_tables(rep, s)
@@ -703,6 +744,7 @@ def write(rep: Reports, out: Path) -> None:
         write_csv(rep.tops, d / "atlas_top.csv")
         write_csv(rep.spearman, d / "spearman.csv")
         write_csv(rep.screen, d / "screen_agreement.csv")
+        write_csv(rep.interactions, d / "interactions.csv")
     buf = io.BytesIO()
     rep.atlas.to_parquet(buf, index=False)
     write_bytes(out / "atlas.parquet", buf.getvalue())
