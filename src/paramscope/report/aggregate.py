@@ -541,6 +541,14 @@ def build_macros(rep: Reports, s: Settings) -> dict[str, str]:
     m.add(int((inter["sign"] == "sub").sum()) if len(inter) else 0, "PairsNSub")
     m.add(tex.pct(inter["nonadd"].abs().median()) if len(inter) else tex.DASH, "PairsMedianAbsNonadd")
     m.add(int(inter["rank_b"].max()) + 1 if len(inter) else 0, "PairsTopK")  # units per map that pairs come from
+    screen = rep.screen[(rep.screen["split"] == s.split) & (rep.screen["op"] == "zero")]
+    for group, g in screen.groupby("group", sort=False):
+        m.add(tex.num(g["spearman"].median(), 2), "Screen", group, "MedianRho")
+        m.add(tex.num(g["recall_at_k"].median(), 2), "Screen", group, "MedianRecall")
+        m.add(int(g["k"].max()), "Screen", group, "K")
+        m.add(len(g), "Screen", group, "NMaps")
+        m.add(int(g["screen_top_n_sig"].sum()), "Screen", group, "TopNSig")
+        m.add(int(g["k"].sum()), "Screen", group, "TopN")
     return dict(m)
 
 
@@ -553,17 +561,23 @@ def _r(x: object) -> float | int | None:
 
 def screen_agreement(atlas: pd.DataFrame, k: int = 10) -> pd.DataFrame:
     """Per map, how well the first-order screen ranks units against the exact map: Spearman rho of
-    the screen's estimated gold-log-likelihood change with the exact one (-delta_loss), and the share
-    of the exact top-k units (largest loss increase) that the screen also puts in its top k."""
+    the screen's estimated gold-log-likelihood change with the exact one (-delta_loss), the share
+    of the exact top-k units (largest loss increase) that the screen also puts in its top k, and how
+    the screen's own top k fare when checked exactly (every unit of a map is computed exactly, so
+    they always are): how many of them are significant, and their mean exact delta accuracy."""
+    cols = [*MAP_KEYS, "n_units", "spearman", "recall_at_k", "k", "screen_top_n_sig", "screen_top_delta_acc"]
     if "screen_delta_gold_ll" not in atlas:
-        return pd.DataFrame(columns=[*MAP_KEYS, "n_units", "spearman", "recall_at_k", "k"])
+        return pd.DataFrame(columns=cols)
     rows = []
     for key, m in atlas.dropna(subset=["screen_delta_gold_ll"]).groupby(MAP_KEYS, sort=True):
         exact, screen = m["delta_loss"].to_numpy(), -m["screen_delta_gold_ll"].to_numpy()
         kk = min(k, len(m))
+        top = m.iloc[np.argsort(-screen, kind="stable")[:kk]]
+        sig = int(top["significant"].sum()) if "significant" in top else np.nan
         rows.append({**dict(zip(MAP_KEYS, key)), "n_units": len(m), "spearman": map_spearman(screen, exact)[0],
-                     "recall_at_k": recall_at_k(screen, exact, kk), "k": kk})
-    return pd.DataFrame(rows, columns=[*MAP_KEYS, "n_units", "spearman", "recall_at_k", "k"])
+                     "recall_at_k": recall_at_k(screen, exact, kk), "k": kk, "screen_top_n_sig": sig,
+                     "screen_top_delta_acc": float(top["delta_acc"].mean())})
+    return pd.DataFrame(rows, columns=cols)
 
 
 def build_metrics(rep: Reports, s: Settings) -> dict[str, float | int | None]:
@@ -652,8 +666,9 @@ def build_tables(rep: Reports, s: Settings) -> dict[str, str]:
         ["Pair", "Task", "Model", "Reference", rf"$\Delta$ acc [{level} CI]", "$p$", "$q$"], rows, "llrrcrr")
 
     maps = rep.maps[rep.maps["split"] == s.split]
-    zero = maps["op"] == "zero"
-    for name, part in (("atlas_summary", maps[zero]), ("atlas_summary_scale", maps[~zero])):
+    for name, ops in (("atlas_summary", ["zero"]), ("atlas_summary_scale", ["scale"]),
+                      ("atlas_summary_replace", ["mean", "resample", "noise"])):
+        part = maps[maps["op"].isin(ops)]
         if len(part):
             tables[name] = _summary_table(part, s)
 

@@ -38,6 +38,7 @@ INPUTS = {
     "clean": "plots/clean_accuracy.csv",
     "pairs": "plots/model_pairs.csv",
     "spearman": "data/spearman.csv",
+    "interactions": "data/interactions.csv",
 }
 DELTA_LABEL = r"$\Delta$ accuracy (pp)"
 
@@ -48,6 +49,7 @@ class Inputs:
     clean: pd.DataFrame
     pairs: pd.DataFrame
     spearman: pd.DataFrame
+    interactions: pd.DataFrame
     split: str
     models: tuple[str, ...] = ()
     tasks: tuple[str, ...] = ()
@@ -232,6 +234,117 @@ def correlation_matrices(inp: Inputs, group: str, kind: str) -> Figure:
     return fig
 
 
+_BIN = r"(?P<kind>attn|mlp) bin (?P<bin>\d+) of (?P<bins>\d+)"
+
+
+def magnitude_curves(inp: Inputs) -> Figure:
+    """Delta accuracy per |w| quantile bin (low to high), magnitude bins solid, size-matched random
+    controls dashed; one line per task, rows = models, columns = attention / MLP projections."""
+    df = inp.atlas[(inp.atlas["split"] == inp.split) & inp.atlas["group"].isin(["magnitude", "random"])
+                   & (inp.atlas["op"] == "zero")].copy()
+    df = df.join(df["unit_name"].str.extract(_BIN)).dropna(subset=["kind"])
+    df["bin"] = df["bin"].astype(int)
+    models, tasks, kinds = inp.model_order(df["model"]), inp.task_order(df["task"]), ["attn", "mlp"]
+    palette = colors(tasks)
+    fig = new_figure(TEXT_WIDTH, 1.5 * len(models) + 0.5)
+    axes = fig.subplots(len(models), len(kinds), squeeze=False, sharex=True, sharey=True)
+    for i, model in enumerate(models):
+        for j, kind in enumerate(kinds):
+            ax = axes[i, j]
+            ax.axhline(0, color="0.6", lw=0.6, zorder=0)
+            for task in tasks:
+                for group, style in (("magnitude", "-"), ("random", "--")):
+                    m = df[(df["model"] == model) & (df["kind"] == kind) & (df["task"] == task)
+                           & (df["group"] == group)].sort_values("bin")
+                    if m.empty:
+                        continue
+                    y = m["delta_acc"].to_numpy() * 100
+                    ax.plot(m["bin"], y, style, color=palette[task], lw=0.9, marker="o" if group == "magnitude" else "",
+                            ms=2.5, label=task if group == "magnitude" else None)
+                    ax.fill_between(m["bin"], m["ci_low"] * 100, m["ci_high"] * 100, color=palette[task], alpha=0.12, lw=0)
+            ax.set_title({"attn": "attention projections", "mlp": "MLP projections"}[kind] if i == 0 else "")
+            ax.set_ylabel(f"{model}\n{DELTA_LABEL}" if j == 0 else "")
+    fig.supxlabel("|w| quantile bin, smallest to largest (dashed: random control of equal size)", fontsize="small")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncol=max(1, len(tasks)))
+    return fig
+
+
+def concentration_curves(inp: Inputs, group: str) -> Figure:
+    """Cumulative share of a map's total damage carried by its most harmful units (sorted), against the
+    fraction of units: the steeper, the more concentrated. One line per task, one panel per model."""
+    df = inp.atlas[(inp.atlas["split"] == inp.split) & (inp.atlas["group"] == group) & (inp.atlas["op"] == "zero")]
+    models, tasks = inp.model_order(df["model"]), inp.task_order(df["task"])
+    palette = colors(tasks)
+    fig = new_figure(TEXT_WIDTH, 2.0)
+    axes = fig.subplots(1, len(models), squeeze=False, sharey=True)[0]
+    for ax, model in zip(axes, models):
+        ax.plot([0, 1], [0, 1], color="0.7", lw=0.6, ls=":")
+        for task in tasks:
+            damage = np.sort(np.clip(-df[(df["model"] == model) & (df["task"] == task)]["delta_acc"].to_numpy(), 0, None))[::-1]
+            if damage.size == 0 or damage.sum() <= 0:
+                continue  # no harmful unit: no share to draw
+            x = np.arange(damage.size + 1) / damage.size
+            ax.step(x, np.concatenate([[0], np.cumsum(damage) / damage.sum()]), where="post", color=palette[task],
+                    lw=0.9, label=task)
+        ax.set_title(model)
+    fig.supxlabel(f"fraction of {group}, most harmful first", fontsize="small")
+    axes[0].set_ylabel("share of total damage")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncol=max(1, len(tasks)))
+    return fig
+
+
+def screen_vs_exact(inp: Inputs) -> Figure:
+    """The first-order screen's estimated change in gold log-likelihood against the exact change, per unit."""
+    df = inp.atlas[(inp.atlas["split"] == inp.split) & inp.atlas["screen_delta_gold_ll"].notna()] \
+        if "screen_delta_gold_ll" in inp.atlas else inp.atlas.iloc[:0]
+    groups = [g for g in UNIT_GROUPS if g in set(df["group"])]
+    tasks = inp.task_order(df["task"])
+    palette = colors(tasks)
+    fig = new_figure(TEXT_WIDTH, 2.4)
+    axes = fig.subplots(1, len(groups), squeeze=False)[0]
+    for ax, group in zip(axes, groups):
+        m = df[df["group"] == group]
+        exact, screen = -m["delta_loss"].to_numpy(), m["screen_delta_gold_ll"].to_numpy()
+        lo, hi = float(min(exact.min(), screen.min())), float(max(exact.max(), screen.max()))
+        ax.plot([lo, hi], [lo, hi], color="0.7", lw=0.6, ls=":")
+        for task in tasks:
+            t = m["task"] == task
+            ax.scatter(exact[t.to_numpy()], screen[t.to_numpy()], s=5, color=palette[task], alpha=0.7, lw=0, label=task)
+        ax.set_title(group)
+        ax.set_xlabel("exact change in gold log-lik.")
+        ax.set_ylabel("screen estimate")
+    if groups:
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside upper center", ncol=max(1, len(tasks)))
+    return fig
+
+
+def interaction_plot(inp: Inputs) -> Figure:
+    """Non-additivity of each pair of top heads (chosen on the selection split) with its CI."""
+    df = inp.interactions[inp.interactions["split"] == inp.split]
+    models, tasks = inp.model_order(df["model"]), inp.task_order(df["task"])
+    palette = colors(tasks)
+    fig = new_figure(TEXT_WIDTH, 2.0)
+    axes = fig.subplots(1, len(models), squeeze=False, sharey=True)[0]
+    for ax, model in zip(axes, models):
+        ax.axhline(0, color="0.6", lw=0.6, zorder=0)
+        m = df[df["model"] == model].reset_index(drop=True)
+        for task in tasks:
+            t = m[m["task"] == task]
+            y = t["nonadd"].to_numpy() * 100
+            err = np.vstack([y - t["nonadd_ci_low"].to_numpy() * 100, t["nonadd_ci_high"].to_numpy() * 100 - y])
+            ax.errorbar(t.index.to_numpy(), y, yerr=err, fmt="o", ms=2.5, lw=0.8, capsize=1.2, color=palette[task], label=task)
+        ax.set_title(model)
+        ax.set_xticks([])
+    fig.supxlabel("pairs of top heads (chosen on the selection split)", fontsize="small")
+    axes[0].set_ylabel("non-additivity (pp)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncol=max(1, len(tasks)))
+    return fig
+
+
 def all_figures(inp: Inputs) -> Iterator[tuple[str, Callable[[], Figure]]]:
     """(file stem, drawing function) for every figure the inputs support."""
     yield "clean_accuracy", lambda: clean_accuracy(inp)
@@ -243,6 +356,15 @@ def all_figures(inp: Inputs) -> Iterator[tuple[str, Callable[[], Figure]]]:
     for _, op, value in dict.fromkeys((None, o, v) for _, o, v in _map_types(atlas, SITE_GROUPS)):
         yield _slug("layers", op, value).replace("layers", "layer_profile", 1), \
             lambda o=op, v=value: layer_profiles(inp, o, v)
+    if atlas["group"].isin(["magnitude"]).any():
+        yield "magnitude_curves", lambda: magnitude_curves(inp)
+    for group in UNIT_GROUPS:
+        if ((atlas["group"] == group) & (atlas["op"] == "zero")).any():
+            yield f"concentration_{group}", lambda g=group: concentration_curves(inp, g)
+    if "screen_delta_gold_ll" in atlas and atlas["screen_delta_gold_ll"].notna().any():
+        yield "screen_vs_exact", lambda: screen_vs_exact(inp)
+    if len(inp.interactions) and (inp.interactions["split"] == inp.split).any():
+        yield "interactions", lambda: interaction_plot(inp)
     for group in _order(inp.spearman["group"], GROUP_ORDER):
         for kind, suffix in (("task", ""), ("model", "_models")):
             if len(inp.spearman[(inp.spearman["group"] == group) & (inp.spearman["kind"] == kind)]):
