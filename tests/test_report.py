@@ -6,6 +6,7 @@ these tests need neither trained models nor LaTeX.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -76,7 +77,8 @@ def write_eval(root: Path, df: pd.DataFrame) -> None:
 
 
 def make_results(root: Path, seed: int = 0, n: int = 60, layers: int = 2, heads: int = 4,
-                 tasks: tuple[str, ...] = tuple(TASKS), scale_values: tuple[float, ...] = ()) -> Path:
+                 tasks: tuple[str, ...] = tuple(TASKS), scale_values: tuple[float, ...] = (),
+                 full_grid: bool = False) -> Path:
     """A small study: four models, head / neuron-block / site maps whose statistics come from examples.
 
     One head per task is critical (most of its correct answers break); gen2's documents are stored
@@ -88,6 +90,10 @@ def make_results(root: Path, seed: int = 0, n: int = 60, layers: int = 2, heads:
              "neurons": [(lay, b, block) for lay in range(layers) for b in (0, block)],
              **{g: [(lay, -1, 1) for lay in range(layers)] for g in ("attn", "mlp", "layers")}}
     kinds = [("zero", 0.0, g) for g in units] + [("scale", v, g) for v in scale_values for g in ("heads", "layers")]
+    if full_grid:  # every other map type of the DVC grid: replacements, weight groups (as in params.yaml)
+        units.update({g: [(-1, b, 100) for b in range(4)] for g in ("matrix", "magnitude", "random")})
+        kinds += [("mean", 0.0, g) for g in ("heads", "layers")] + [("resample", 0.0, g) for g in ("heads", "layers")]
+        kinds += [("noise", 1.0, "heads")] + [("zero", 0.0, g) for g in ("matrix", "magnitude", "random")]
     for model in MODELS:
         for t, task in enumerate(tasks):
             for split in SPLITS:
@@ -108,9 +114,28 @@ def make_results(root: Path, seed: int = 0, n: int = 60, layers: int = 2, heads:
                         row = ablate_row(model, task, split, group, lay, unit, stats["p_mcnemar"],
                                          stats["delta_acc"], op=op, value=value, n=n, acc_clean=stats["acc_clean"])
                         row.update(stats, n_units=n_units, delta_loss=float(flip.mean()))
+                        if group in ("magnitude", "random"):
+                            row["unit_name"] = f"{'attn' if unit < 2 else 'mlp'} bin {unit % 2} of 2"
+                        if full_grid and op == "zero" and group in ("heads", "neurons"):
+                            row["screen_delta_gold_ll"] = -float(flip.mean()) + 0.01 * rng.standard_normal()
                         rows.append(row)
                     write_map(root, rows)
+                if full_grid:
+                    write_map(root, pair_rows(model, task, split, rng))
     return root
+
+
+def pair_rows(model: str, task: str, split: str, rng: np.random.Generator, k: int = 3) -> list[dict]:
+    """Rows of the `pairs` grid group: every pair of the top k heads, with a non-additivity CI."""
+    rows = []
+    for unit, (a, b) in enumerate(itertools.combinations(range(k), 2)):
+        nonadd = float(rng.normal(0, 0.05))
+        row = ablate_row(model, task, split, "pairs", -1, unit, 0.5, -0.2)
+        row.update(n_units=2, pair_group="heads", unit_name=f"L0H{a}+L1H{b}", unit_a=f"L0H{a}", unit_b=f"L1H{b}",
+                   rank_a=a, rank_b=b, delta_acc_a=-0.1, delta_acc_b=-0.1, nonadd=nonadd,
+                   nonadd_ci_low=nonadd - 0.03, nonadd_ci_high=nonadd + 0.03)
+        rows.append(row)
+    return rows
 
 
 @pytest.fixture(scope="module")
@@ -272,6 +297,7 @@ def test_macros_are_valid_and_unique(reports):
     assert macros["AtlasHeadsNSig"] != "0"  # the critical heads are found
 
 
+ATLAS_SECTIONS = ("introduction", "setup", "results", "limitations")  # the parts built from this aggregate
 PAPER_CITES = re.compile(r"\\(val|pctci|ppci)\{([A-Za-z]+)\}")
 
 
@@ -280,12 +306,15 @@ def test_paper_cites_only_generated_macros_and_types_no_number(tmp_path):
     from conftest import make_cfg
 
     cfg = make_cfg("aggregate", ["report.n_resamples=1000"])
-    res = make_results(tmp_path / "results", layers=2, heads=4, tasks=tuple(cfg.tasks), scale_values=(0.5, 2.0))
+    res = make_results(tmp_path / "results", layers=2, heads=4, tasks=tuple(cfg.tasks), scale_values=(0.5, 2.0),
+                       full_grid=True)
     aggregate(res, tmp_path / "reports", Settings.from_cfg(cfg))
     macros = _macros(tmp_path / "reports" / "macros.tex")
     sections = sorted((ROOT / "paper" / "sections").glob("*.tex"))
     assert sections
-    for path in [ROOT / "paper" / "main.tex", *sections]:
+    # The other topics' sections cite their own reports/<topic>/macros.tex, tested with each topic.
+    atlas_sections = [ROOT / "paper" / "sections" / f"{name}.tex" for name in ATLAS_SECTIONS]
+    for path in [ROOT / "paper" / "main.tex", *atlas_sections]:
         for helper, name in PAPER_CITES.findall(_uncommented(path)):
             needed = [name] if helper == "val" else [name, f"{name}Low", f"{name}High"]
             assert not [n for n in needed if n not in macros], (path.name, helper, name)
