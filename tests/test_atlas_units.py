@@ -20,6 +20,7 @@ from paramscope.ablation.resample import token_key
 from paramscope.ablation.weights import (
     edited,
     magnitude_units,
+    matrix_magnitude_units,
     matrix_type,
     matrix_units,
     random_units,
@@ -123,6 +124,23 @@ def test_magnitude_bins_partition_each_matrix_type(setup, n_bins):
             assert lo.max() <= hi.min()
 
 
+def test_matrix_magnitude_bins_partition_each_matrix_in_order(setup):
+    adapter, _ = setup
+    modules = adapter.linear_modules()
+    bins = list(matrix_magnitude_units(adapter, 3))
+    layers = [m.layer for m in matrix_units(adapter)]
+    assert len(bins) == 3 * len(modules) and [b.unit for b in bins] == list(range(3 * len(modules)))
+    for i, (name, module) in enumerate(modules.items()):
+        mine = bins[3 * i:3 * (i + 1)]
+        assert all(list(b.entries) == [name] for b in mine)
+        assert all(b.layer == layers[i] for b in mine)
+        flat = module.weight.detach().reshape(-1).abs()
+        together = torch.cat([b.entries[name] for b in mine])
+        assert torch.equal(together.sort().values, torch.arange(flat.numel()))  # a partition of the matrix
+        for lo, hi in itertools.pairwise(mine):
+            assert flat[lo.entries[name]].max() <= flat[hi.entries[name]].min()
+
+
 def test_random_controls_match_bin_sizes_and_are_seeded(setup):
     adapter, _ = setup
     bins = list(magnitude_units(adapter, 5))
@@ -186,7 +204,7 @@ def test_head_mean_equals_replacing_the_slice_with_the_recorded_mean(setup):
 
 
 def test_map_lists():
-    assert MAP_GROUPS == ("heads", "neurons", "attn", "mlp", "layers", "matrix", "magnitude", "random")
+    assert MAP_GROUPS == ("heads", "neurons", "attn", "mlp", "layers", "matrix", "magnitude", "magnitude_matrix", "random")
     assert MAP_OPS == ("zero", "scale", "mean", "noise", "resample")
 
 

@@ -37,7 +37,7 @@ def prepared(tmp_path_factory):
 @pytest.mark.parametrize(
     "stage, overrides, message",
     [
-        ("ablate", ["group=bogus"], "unknown group 'bogus'; valid: heads, neurons, attn, mlp, layers, matrix, magnitude, random"),
+        ("ablate", ["group=bogus"], "unknown group 'bogus'; valid: heads, neurons, attn, mlp, layers, matrix, magnitude, magnitude_matrix, random, pairs"),
         ("ablate", ["op=bogus"], "unknown op 'bogus'; valid: zero, scale, mean, noise, resample"),
         ("ablate", ["model=bogus"], "unknown model 'bogus'; valid: scratch, gen2, tuned"),
         ("ablate", ["task=bogus"], "unknown task 'bogus'; valid: induction, kv, facts, arith"),

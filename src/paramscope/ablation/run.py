@@ -62,7 +62,7 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
     models = selected(cfg, "model", cfg.ablate.models)
     tasks = selected(cfg, "task", cfg.tasks)
     value = float(cfg.value)
-    bins = int(cfg.ablate.get("magnitude_bins", 10))
+    bins = int(cfg.ablate.matrix_magnitude_bins if cfg.group == "magnitude_matrix" else cfg.ablate.magnitude_bins)
     prefix = f"{cfg.group}-{cfg.op}-{value:g}-"  # lets a job find its own cells among all others
     planned: set[Path] = set()
     counts = {"computed": 0, "skipped": 0}

@@ -13,6 +13,9 @@ Groups (one row per `WeightUnit`; `layer` is -1 where a unit spans layers):
   attention projections, `mlp` = the MLP projections): the type's entries sorted by |w| (ties in a
   fixed, stable order) and cut into `n_bins` bins of (nearly) equal size, bin 0 the smallest. Every
   entry is in exactly one bin of its type. unit = type index * n_bins + bin.
+- magnitude_matrix: the same bins within each single matrix (unit = matrix index * n_bins + bin, in
+  `linear_modules()` order; `layer` is the matrix's layer), for where a type-wide bin hides that one
+  matrix's large weights matter and another's do not.
 - random: for each magnitude bin, the same number of entries drawn uniformly without replacement from
   the same matrices (all matrices of the bin's type), seeded by (seed, unit); same unit index as the bin.
 
@@ -30,7 +33,7 @@ from torch import Tensor, nn
 
 from paramscope.models.adapters import Adapter
 
-WEIGHT_GROUPS: tuple[str, ...] = ("matrix", "magnitude", "random")
+WEIGHT_GROUPS: tuple[str, ...] = ("matrix", "magnitude", "magnitude_matrix", "random")
 WEIGHT_OPS: tuple[str, ...] = ("zero", "scale")
 MATRIX_TYPES: tuple[str, ...] = ("attn", "mlp")
 
@@ -105,6 +108,14 @@ def magnitude_units(adapter: Adapter, n_bins: int = 10) -> Iterator[WeightUnit]:
                              _split(names, offsets, chunk))
 
 
+def matrix_magnitude_units(adapter: Adapter, n_bins: int = 10) -> Iterator[WeightUnit]:
+    for i, (name, module) in enumerate(adapter.linear_modules().items()):
+        _, _, order = _type_ranks([(name, module)])
+        for b, chunk in enumerate(torch.tensor_split(order, n_bins)):
+            yield WeightUnit("magnitude_matrix", _layer_of(adapter, name), i * n_bins + b,
+                             f"{name} bin {b} of {n_bins}", {name: chunk.sort().values.to(module.weight.device)})
+
+
 def random_units(adapter: Adapter, n_bins: int = 10, seed: int = 0) -> Iterator[WeightUnit]:
     for t, (kind, modules) in enumerate(_typed(adapter).items()):
         if not modules:
@@ -127,6 +138,8 @@ def weight_units(adapter: Adapter, group: str, n_bins: int = 10, seed: int = 0) 
         return matrix_units(adapter)
     if group == "magnitude":
         return magnitude_units(adapter, n_bins)
+    if group == "magnitude_matrix":
+        return matrix_magnitude_units(adapter, n_bins)
     if group == "random":
         return random_units(adapter, n_bins, seed)
     raise ValueError(f"unknown weight group '{group}'; valid: {', '.join(WEIGHT_GROUPS)}")
