@@ -666,9 +666,11 @@ def build_tables(rep: Reports, s: Settings) -> dict[str, str]:
         ["Pair", "Task", "Model", "Reference", rf"$\Delta$ acc [{level} CI]", "$p$", "$q$"], rows, "llrrcrr")
 
     maps = rep.maps[rep.maps["split"] == s.split]
-    for name, ops in (("atlas_summary", ["zero"]), ("atlas_summary_scale", ["scale"]),
-                      ("atlas_summary_replace", ["mean", "resample", "noise"])):
-        part = maps[maps["op"].isin(ops)]
+    weights = ~maps["group"].isin(GROUP_ORDER)  # matrix, magnitude, ... : weight edits, not activation sites
+    for name, ops, part in (("atlas_summary", ["zero"], ~weights), ("atlas_summary_weights", ["zero", "scale"], weights),
+                            ("atlas_summary_scale", ["scale"], ~weights),
+                            ("atlas_summary_replace", ["mean", "resample", "noise"], ~weights)):
+        part = maps[maps["op"].isin(ops) & part]
         if len(part):
             tables[name] = _summary_table(part, s)
 
