@@ -318,8 +318,10 @@ def test_paper_cites_only_generated_macros_and_types_no_number(tmp_path):
         for helper, name in PAPER_CITES.findall(_uncommented(path)):
             needed = [name] if helper == "val" else [name, f"{name}Low", f"{name}High"]
             assert not [n for n in needed if n not in macros], (path.name, helper, name)
-    for path in sections:
+    for path in atlas_sections:
         assert not re.search(r"\d", _uncommented(path)), f"{path.name} types a number"
+    for path in sections:  # topic sections may write formulas (1 - alpha, log10), never a typed result
+        assert not re.search(r"\d+\.\d+|\d+\s*(\\%|pp\b)", _uncommented(path)), f"{path.name} types a result"
 
 
 def _uncommented(path: Path) -> str:

@@ -1,0 +1,362 @@
+"""The structure grid of one job: null tests, Weibull fits, annealing and substructures per model.
+
+Cells (one Parquet file each, keyed by content; an existing cell is skipped):
+
+- ``tests``: per matrix (``row_type=matrix``) and per (layer, unit kind) edge group (``row_type=edges``),
+  the fractions indistinguishable from the step-0 null (`null_test`).
+- ``weibull``: per 2-D weight matrix of a model (`weibull`); ``step=step0`` for a null model,
+  ``trained`` otherwise.
+- ``anneal``: the dev curve of annealing and its magnitude control (one row per method, step and task,
+  with per-document lists), the chosen states re-scored on dev and test (`anneal`).
+- ``components``: the dependency graph of the accepted annealing mask and of the indistinguishable set,
+  per block and across the network, with the exactness check of decomposed inference (`components`).
+
+Every choice (where annealing stops) is made on dev; test documents are only scored for the states
+chosen there.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+from scipy import stats
+
+from paramscope.ablation.run import selected
+from paramscope.errors import StudyError, check_choice
+from paramscope.evaluation.scorer import Scores, score
+from paramscope.evaluation.tasks import task_docs
+from paramscope.models import zoo
+from paramscope.models.adapters import Adapter, get_adapter, weight_in_out
+from paramscope.store import cell_key, cell_path, write_cell
+from paramscope.structure.anneal import (
+    Annealing,
+    Masks,
+    anneal,
+    loss_and_acc,
+    magnitude_masks,
+    masked,
+    n_removed,
+    threshold_masks,
+)
+from paramscope.structure.components import (
+    NodeIndex,
+    block_table,
+    component_summary,
+    component_table,
+    decomposed,
+    dependency_graph,
+)
+from paramscope.structure.null_test import (
+    EntryTests,
+    edge_tests,
+    entry_tests,
+    matrix_table,
+)
+from paramscope.structure.units import KINDS, MatrixRole, matrix_roles, n_units
+from paramscope.structure.weibull import fit_weibull
+
+log = logging.getLogger(__name__)
+
+ROW_SCHEMA = 1  # bump when rows change shape or meaning, so that older cells are recomputed
+
+
+def requested_models(cfg: DictConfig) -> list[str]:
+    """`model=x` narrows `structure.models` to one name.
+
+    This config lists `common` (hence the profile) after itself so that a profile can override the
+    defaults here; the profile's own `model` is the architecture of the trained models (a mapping), so
+    only a name given on the command line narrows.
+    """
+    name = cfg.get("model")
+    models = list(cfg.structure.models)
+    if name is None or isinstance(name, DictConfig):
+        return models
+    check_choice("model", name, models)
+    return [name]
+
+
+def check_request(cfg: DictConfig) -> list[str]:
+    """The models to study; every bad setting is reported before any work starts."""
+    s = cfg.structure
+    models = requested_models(cfg)
+    selected(cfg, "task", cfg.tasks)
+    if not 0.0 < float(cfg.fdr) < 1.0:
+        raise StudyError(f"fdr must lie in (0, 1), got {cfg.fdr}; e.g. fdr=0.05")
+    if float(cfg.tolerance) < 0.0:
+        raise StudyError(f"tolerance must be >= 0 (nats of task-averaged dev loss), got {cfg.tolerance}")
+    thresholds = [float(t) for t in s.thresholds]
+    if not thresholds or any(not 0.0 <= t < 1.0 for t in thresholds) or any(b >= a for a, b in pairwise(thresholds)):
+        raise StudyError(f"structure.thresholds must be p-values in [0, 1) that decrease strictly, got {thresholds}")
+    missing = [m for m in models if m not in s.null_models]
+    if missing:
+        raise StudyError(f"no step-0 null model for {', '.join(missing)}; set structure.null_models.<model>; "
+                         f"valid models with a null: {', '.join(s.null_models)}")
+    for name in {*models, *(s.null_models[m] for m in models)}:
+        zoo.resolve(name, Path(cfg.paths.models))
+    return models
+
+
+def projection_weights(adapter: Adapter) -> dict[str, np.ndarray]:
+    """Every attention/MLP projection as a float32 (d_out, d_in) array (a copy: masks never touch it)."""
+    return {n: weight_in_out(m).detach().float().cpu().numpy().copy() for n, m in adapter.linear_modules().items()}
+
+
+def weibull_rows(model: torch.nn.Module, adapter: Adapter, roles: Mapping[str, MatrixRole], step: str) -> pd.DataFrame:
+    """The Weibull diagnostic of every 2-D weight of the model, with its matrix class."""
+    classes = {id(m.weight): roles[n] for n, m in adapter.linear_modules().items()}
+    special = {id(adapter.embeddings().weight): "embed", id(adapter.unembedding().weight): "unembed"}
+    rows = []
+    for name, param in model.named_parameters():
+        if param.ndim != 2:
+            continue
+        role = classes.get(id(param))
+        matrix_class = role.matrix_type if role else special.get(id(param), "embed")  # e.g. GPT-2's positions
+        fit = fit_weibull(param.detach().float().cpu().numpy())
+        rows.append({"matrix": name, "layer": role.layer if role else -1, "matrix_class": matrix_class,
+                     "step": step, **fit.as_dict()})
+    return pd.DataFrame(rows)
+
+
+def _score_rows(scores: Mapping[str, Scores], **meta: object) -> list[dict]:
+    loss, acc = loss_and_acc(scores)
+    return [{**meta, "task": task, "loss": loss, "acc": acc, "task_loss": float(-s.gold_ll.mean()),
+             "task_acc": float(s.correct.mean()), "ex_doc_ids": s.doc_ids.tolist(),
+             "ex_correct": s.correct.tolist(), "ex_gold_ll": s.gold_ll.tolist()} for task, s in scores.items()]
+
+
+def _jaccard(a: Masks, b: Masks) -> float:
+    """|A & B| / |A | B| of two sets of removed entries (NaN when both are empty)."""
+    both = sum(int((a[n] & b[n]).sum()) for n in a if n in b)
+    union = n_removed(a) + n_removed(b) - both
+    return both / union if union else float("nan")
+
+
+class ModelStudy:
+    """Everything the cells of one model need, computed once: weights, roles, tests, evaluators."""
+
+    def __init__(self, cfg: DictConfig, name: str, tasks: list[str]) -> None:
+        self.cfg, self.name = cfg, name
+        self.null_name = cfg.structure.null_models[name]
+        root = Path(cfg.paths.models)
+        self.model, tokenizer = zoo.load(name, root, device=cfg.device)
+        null_model, _ = zoo.load(self.null_name, root, device="cpu")
+        self.adapter = get_adapter(self.model)
+        self.roles = matrix_roles(self.adapter)
+        self.weights = projection_weights(self.adapter)
+        self.init = projection_weights(get_adapter(null_model))
+        self.digest, self.null_digest = zoo.digest(self.model), zoo.digest(null_model)
+        self.units = {(layer, kind): n_units(self.adapter, layer, kind)
+                      for layer in range(self.adapter.n_layers) for kind in KINDS}
+        self.docs = {split: {t: task_docs(cfg, t, split, tokenizer).docs for t in tasks} for split in ("dev", "test")}
+        self.fdr = float(cfg.fdr)
+        self._tests: EntryTests | None = None
+        self._annealing: Annealing | None = None
+
+    @property
+    def meta(self) -> dict[str, str]:
+        return {"model": self.name, "digest": self.digest, "null_model": self.null_name, "null_digest": self.null_digest}
+
+    @property
+    def tests(self) -> EntryTests:
+        if self._tests is None:
+            self._tests = entry_tests(self.weights, self.init, self.fdr)
+        return self._tests
+
+    @property
+    def total(self) -> int:
+        return sum(w.size for w in self.weights.values())
+
+    def evaluate(self, split: str):
+        def run() -> dict[str, Scores]:
+            return {t: score(self.model, docs, int(self.cfg.structure.batch_size)) for t, docs in self.docs[split].items()}
+        return run
+
+    def test_rows(self) -> pd.DataFrame:
+        matrices = matrix_table(self.tests, self.weights, self.init, self.roles).assign(row_type="matrix")
+        edges = edge_tests(self.weights, self.init, self.roles, self.adapter.d_model, self.units, self.fdr)
+        names = list(self.weights)
+        evidence = np.concatenate([-np.log10(self.tests.combined(n)).ravel() for n in names])
+        magnitude = np.concatenate([np.abs(self.weights[n]).ravel() for n in names])
+        # how far the criterion's ranking of entries is from plain magnitude ranking
+        ranking = pd.DataFrame([{"row_type": "ranking", "spearman_magnitude": float(stats.spearmanr(evidence, magnitude).statistic)}])
+        return pd.concat([matrices, edges.assign(row_type="edges"), ranking], ignore_index=True)
+
+    @property
+    def annealing(self) -> Annealing:
+        if self._annealing is None:
+            combined = {n: self.tests.combined(n) for n in self.weights}
+            thresholds = [float(t) for t in self.cfg.structure.thresholds]
+            self._annealing = anneal(self.adapter, combined, self.weights, thresholds, self.evaluate("dev"),
+                                     float(self.cfg.tolerance))
+        return self._annealing
+
+    def states(self) -> dict[str, Masks]:
+        """The chosen masks: annealing's accepted step, the indistinguishable set, and their magnitude twins."""
+        chosen = self.annealing.accepted("anneal")
+        combined = {n: self.tests.combined(n) for n in self.weights}
+        removed = threshold_masks(combined, chosen.threshold) if chosen else {}
+        indist = {n: self.tests.indistinguishable(n) for n in self.weights}
+        return {
+            "dense": {},
+            "anneal": removed,
+            "magnitude": magnitude_masks(self.weights, n_removed(removed)) if removed else {},
+            "indist": indist,
+            "indist-magnitude": magnitude_masks(self.weights, n_removed(indist)),
+        }
+
+    def anneal_rows(self) -> pd.DataFrame:
+        result = self.annealing
+        accepted = {m: result.accepted(m) for m in ("anneal", "magnitude")}
+        rows = _score_rows(result.dense, row_type="curve", method="dense", split="dev", step=-1,
+                           threshold=np.nan, n_removed=0, sparsity=0.0, accepted=False)
+        for step in result.steps:
+            rows += _score_rows(step.scores, row_type="curve", method=step.method, split="dev", step=step.step,
+                                threshold=step.threshold, n_removed=step.n_removed, sparsity=step.sparsity,
+                                accepted=step is accepted[step.method])
+        states = self.states()
+        twins = {"anneal": "magnitude", "magnitude": "anneal", "indist": "indist-magnitude", "indist-magnitude": "indist"}
+        for method, masks in states.items():
+            count = n_removed(masks) if masks else 0
+            overlap = _jaccard(masks, states[twins[method]]) if method in twins else np.nan
+            for split in ("dev", "test"):
+                with masked(self.adapter, masks):
+                    scores = self.evaluate(split)()
+                rows += _score_rows(scores, row_type="state", method=method, split=split, step=-1, threshold=np.nan,
+                                    n_removed=count, sparsity=count / self.total, accepted=True, overlap_with_twin=overlap)
+        return pd.DataFrame(rows)
+
+    def component_rows(self) -> pd.DataFrame:
+        nodes = NodeIndex.build(self.adapter.d_model, self.units)
+        shapes = {n: w.shape for n, w in self.weights.items()}
+        frames = []
+        for method, masks in self.states().items():
+            if method not in ("dense", "anneal", "indist"):
+                continue
+            kept = {n: ~masks[n] if masks else np.ones(shapes[n], dtype=bool) for n in shapes}
+            graph = component_table(self.roles, kept, nodes, self.adapter.n_layers)
+            with masked(self.adapter, masks):
+                reference = self._logits()
+                with decomposed(self.adapter) as blocks:
+                    split_logits = self._logits()
+            gap = float(max((a - b).abs().max().item() for a, b in zip(reference, split_logits)))
+            scale = float(max(a.abs().max().item() for a in reference))
+            check = {"method": method, "logits_max_abs_diff": gap, "logits_max_abs": scale}
+            frames += [graph.assign(row_type="graph", **check),
+                       block_table(blocks, self.roles, shapes).assign(row_type="blocks", **check)]
+        frames.append(self._curve_components(nodes))
+        return pd.concat(frames, ignore_index=True)
+
+    def _curve_components(self, nodes: NodeIndex) -> pd.DataFrame:
+        """Network components after every annealing step and its magnitude twin: when does structure split?"""
+        combined = {n: self.tests.combined(n) for n in self.weights}
+        every = np.arange(nodes.n_nodes)
+        rows = []
+        for step in self.annealing.steps:
+            removed = (threshold_masks(combined, step.threshold) if step.method == "anneal"
+                       else magnitude_masks(self.weights, step.n_removed))
+            graph = dependency_graph(self.roles, {n: ~m for n, m in removed.items()}, nodes)
+            rows.append({"row_type": "curve", "scope": "network", "layer": -1, "method": step.method, "step": step.step,
+                         "sparsity": step.sparsity, **component_summary(graph, nodes, every)})
+        return pd.DataFrame(rows)
+
+    @torch.inference_mode()
+    def _logits(self) -> list[torch.Tensor]:
+        """Logits at the real positions of the first dev contexts of every task (the decomposition check)."""
+        device = next(self.model.parameters()).device
+        out = []
+        for docs in self.docs["dev"].values():
+            for doc in docs[: int(self.cfg.structure.decompose_docs)]:
+                ids = torch.tensor([doc.context], device=device)
+                out.append(self.model(input_ids=ids).logits[0].float().cpu())
+        return out
+
+
+def run_grid(cfg: DictConfig, results: Path) -> dict[str, float]:
+    """Compute every missing cell of the selected models; existing cells are skipped."""
+    models = check_request(cfg)
+    tasks = selected(cfg, "task", cfg.tasks)
+    s = cfg.structure
+    nulls = sorted({s.null_models[m] for m in models})
+    counts = {"computed": 0, "skipped": 0}
+    summary: dict[str, float] = {}
+    job = f"fdr{float(cfg.fdr):g}-tol{float(cfg.tolerance):g}-"
+    spec = {"fdr": float(cfg.fdr), "tolerance": float(cfg.tolerance), "thresholds": [float(t) for t in s.thresholds],
+            "tasks": tasks, "seed": int(cfg.seed), "decompose_docs": int(s.decompose_docs)}
+
+    planned: set[Path] = set()
+
+    def cell(kind: str, **parts: object) -> Path:
+        """A cell's path; its name starts with its kind (and settings) so that a job can find its own."""
+        prefix = {"tests": f"fdr{spec['fdr']:g}-", "anneal": job, "components": job}.get(kind, "")
+        key = cell_key(stage="structure", schema=ROW_SCHEMA, kind=kind, **parts)
+        path = cell_path("structure", f"{kind}-{prefix}{key}", results)
+        planned.add(path)
+        return path
+
+    for name in [*models, *[n for n in nulls if n not in models]]:  # Weibull of every model and of each null
+        model, _ = zoo.load(name, Path(cfg.paths.models), device="cpu")
+        step = "step0" if name in nulls else "trained"
+        path = cell("weibull", digest=zoo.digest(model), step=step)
+        if path.exists():
+            counts["skipped"] += 1
+            continue
+        adapter = get_adapter(model)
+        df = weibull_rows(model, adapter, matrix_roles(adapter), step)
+        write_cell(df.assign(model=name, digest=zoo.digest(model), kind="weibull", cell=path.stem), path)
+        counts["computed"] += 1
+        log.info("%s (%s): Weibull k median %.3f over %d matrices", name, step, df.k.median(), len(df))
+
+    for name in models:
+        study = ModelStudy(cfg, name, tasks)
+        jobs = {
+            "tests": (cell("tests", digest=study.digest, null=study.null_digest, fdr=spec["fdr"]), study.test_rows),
+            "anneal": (cell("anneal", digest=study.digest, null=study.null_digest, **spec), study.anneal_rows),
+            "components": (cell("components", digest=study.digest, null=study.null_digest, **spec), study.component_rows),
+        }
+        for kind, (path, make) in jobs.items():
+            if path.exists():
+                counts["skipped"] += 1
+                continue
+            df = make()
+            settings = {"fdr": spec["fdr"]} if kind == "tests" else {"fdr": spec["fdr"], "tolerance": spec["tolerance"]}
+            write_cell(df.assign(**study.meta, **settings, kind=kind, cell=path.stem), path)
+            counts["computed"] += 1
+            if kind == "tests":
+                frac = float(np.average(df.frac_indist[df.row_type == "matrix"], weights=df.n[df.row_type == "matrix"]))
+                summary[f"{name}/indistinguishable"] = frac
+                log.info("%s: %.1f%% of projection entries indistinguishable from %s", name, 100 * frac, study.null_name)
+            elif kind == "anneal":
+                chosen = study.annealing.accepted("anneal")
+                summary[f"{name}/anneal_sparsity"] = chosen.sparsity if chosen else 0.0
+                log.info("%s: annealing keeps dev loss within %g up to sparsity %.3f", name, cfg.tolerance,
+                         chosen.sparsity if chosen else 0.0)
+            else:
+                gap = float(df.logits_max_abs_diff.max())
+                summary[f"{name}/decomposition_max_abs_diff"] = gap
+                log.info("%s: decomposed vs masked logits differ by at most %.2e", name, gap)
+    if cfg.get("task") is None and requested_models(cfg) == list(s.models):
+        counts["pruned"] = prune_stale(results, job, planned)
+    return {**counts, **summary}
+
+
+def prune_stale(results: Path, job: str, planned: set[Path]) -> int:
+    """Drop cells of this job's settings that the full grid no longer plans (e.g. for a retrained model).
+
+    Weibull cells depend on a model only, tests cells on the FDR level, annealing and component cells on
+    FDR and tolerance; cells of other settings (another `-m tolerance=...` job) are left alone.
+    """
+    folder = results / "structure"
+    fdr = job.split("-")[0]
+    mine = [*folder.glob("weibull-*.parquet"), *folder.glob(f"tests-{fdr}-*.parquet"),
+            *folder.glob(f"anneal-{job}*.parquet"), *folder.glob(f"components-{job}*.parquet")]
+    stale = [p for p in mine if p not in planned] + list(folder.glob(".tmp-*.partial"))
+    for p in stale:
+        p.unlink()
+    return len(stale)

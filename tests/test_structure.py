@@ -1,0 +1,347 @@
+"""Structure vs initialisation: Weibull anchors, the null tests, annealing, components, the stage."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_cfg
+from torch import nn
+
+from paramscope.ablation.interventions import UnitSpec, apply
+from paramscope.errors import StudyError
+from paramscope.evaluation.requests import Doc
+from paramscope.evaluation.scorer import score
+from paramscope.models.adapters import get_adapter, weight_in_out
+from paramscope.models.random_models import tiny_random_model
+from paramscope.structure.anneal import anneal, masked
+from paramscope.structure.components import (
+    NodeIndex,
+    component_table,
+    decomposed,
+    matrix_blocks,
+)
+from paramscope.structure.null_test import (
+    drift_pvalues,
+    edge_tests,
+    entry_tests,
+    value_pvalues,
+)
+from paramscope.structure.run import check_request, projection_weights
+from paramscope.structure.units import KINDS, matrix_roles, n_units
+from paramscope.structure.weibull import (
+    GAUSSIAN_K,
+    GAUSSIAN_LAMBDA_PER_SIGMA,
+    TORCH_LINEAR_K,
+    fit_weibull,
+    quantile_fit,
+)
+
+VOCAB = 50
+
+
+# --------------------------------------------------------------------------- Weibull
+
+
+def test_weibull_of_gaussian_init_matches_the_anchor():
+    sigma = 0.02
+    w = np.random.default_rng(0).normal(0.0, sigma, size=(512, 512))
+    fit = fit_weibull(w)
+    assert fit.method == "fit" and fit.r2 > 0.99
+    assert abs(fit.k - GAUSSIAN_K) < 0.02
+    assert abs(fit.lam / sigma - GAUSSIAN_LAMBDA_PER_SIGMA) < 0.01
+
+
+def test_weibull_of_torch_default_linear_init_is_about_1_37():
+    torch.manual_seed(0)
+    fit = fit_weibull(nn.Linear(512, 512).weight.detach().numpy())
+    assert fit.method == "fit"
+    assert abs(fit.k - TORCH_LINEAR_K) < 0.02
+
+
+def test_weibull_recovers_a_true_weibull_and_falls_back_when_the_middle_is_not_weibull():
+    rng = np.random.default_rng(1)
+    true = rng.weibull(0.7, size=200_000) * 3.0
+    fit = fit_weibull(true)
+    assert fit.method == "fit" and abs(fit.k - 0.7) < 0.02 and abs(fit.lam / 3.0 - 1) < 0.02
+    k, lam = quantile_fit(true)
+    assert abs(k - 0.7) < 0.02 and abs(lam / 3.0 - 1) < 0.02
+    # two well-separated magnitudes: the binned CDF is a staircase, far from a line
+    bimodal = np.concatenate([rng.normal(1e-4, 1e-6, 50_000), rng.normal(1.0, 1e-2, 50_000)])
+    fallback = fit_weibull(bimodal)
+    assert fallback.method == "quantile" and not fallback.r2 >= 0.95
+    assert np.isfinite(fallback.k) and np.isfinite(fallback.lam)
+    assert fit_weibull(np.ones(10)).method == "quantile"  # too few entries for a fit
+
+
+# --------------------------------------------------------------------------- null tests
+
+
+def test_value_pvalues_are_valid_under_the_null_and_exact_at_the_extremes():
+    rng = np.random.default_rng(2)
+    init = rng.normal(0, 1, size=(200, 200))
+    fresh = rng.normal(0, 1, size=(200, 200))  # an untrained matrix drawn from the same init
+    p = value_pvalues(fresh, init)
+    assert abs(p.mean() - 0.5) < 0.01 and abs(np.mean(p <= 0.05) - 0.05) < 0.005
+    assert value_pvalues(np.array([100.0]), init)[0] == 1 / (init.size + 1)
+    assert value_pvalues(np.array([0.0]), init)[0] == 1.0
+
+
+def test_criterion_finds_a_planted_block_of_learned_entries_at_the_stated_fdr():
+    rng = np.random.default_rng(3)
+    fdr, sigma = 0.05, 0.02
+    init = rng.normal(0, sigma, size=(256, 256))
+    trained = init + rng.normal(0, 0.1 * sigma, size=init.shape)  # diffuse drift of every entry
+    block = np.zeros(init.shape, dtype=bool)
+    block[40:72, 100:132] = True
+    trained[block] += 8 * 0.1 * sigma * rng.choice([-1.0, 1.0], size=block.sum())
+    tests = entry_tests({"w": trained}, {"w": init}, fdr)
+    found = ~tests.indistinguishable("w")
+    recall = found[block].mean()
+    false_discovery = (found & ~block).sum() / max(found.sum(), 1)
+    assert recall > 0.99
+    assert false_discovery <= fdr
+    # the same matrix without the block: nothing is found
+    clean = entry_tests({"w": init + rng.normal(0, 0.1 * sigma, size=init.shape)}, {"w": init}, fdr)
+    assert clean.indistinguishable("w").mean() > 0.999
+
+
+def test_drift_test_with_no_movement_finds_nothing_and_any_isolated_move_when_most_stay():
+    init = np.random.default_rng(4).normal(size=(10, 10))
+    assert np.all(drift_pvalues(init, init) == 1.0)
+    moved = init.copy()
+    moved[0, 0] += 1e-3
+    p = drift_pvalues(moved, init)
+    assert p[0, 0] == 0.0 and np.all(np.delete(p.ravel(), 0) == 1.0)
+
+
+# --------------------------------------------------------------------------- units and edges
+
+
+def _model(family: str = "gpt_neox", seed: int = 0, dtype=torch.float32):
+    return tiny_random_model(family, seed, VOCAB).to(dtype).eval()
+
+
+def _head_inputs(adapter, layer, ids):
+    seen = {}
+    handle = adapter.attn_out_proj(layer).register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0].clone()))
+    with torch.no_grad():
+        adapter.model(input_ids=ids)
+    handle.remove()
+    return seen["x"].unflatten(-1, (adapter.n_heads, adapter.d_head))
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "gpt2", "gpt_neo", "llama"])
+def test_reader_rows_of_an_attention_unit_feed_only_its_heads(family):
+    model = _model(family)
+    adapter = get_adapter(model)
+    roles = matrix_roles(adapter)
+    ids = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(0))
+    layer, unit = 1, 1
+    clean = _head_inputs(adapter, layer, ids)
+    readers = [r for r in roles.values() if r.layer == layer and r.matrix_type == "attn_in"]
+    with torch.no_grad():
+        for role in readers:
+            weight_in_out(adapter.linear_modules()[role.name])[torch.from_numpy(role.unit_of == unit)] *= 3.0
+    changed = (_head_inputs(adapter, layer, ids) - clean).abs().amax(dim=(0, 1, 3)) > 1e-6
+    n_attn = n_units(adapter, layer, "heads")
+    expected = torch.arange(adapter.n_heads) * n_attn // adapter.n_heads == unit
+    assert torch.equal(changed, expected)
+
+
+def test_removing_every_edge_of_a_neuron_equals_ablating_it():
+    model = _model()
+    adapter = get_adapter(model)
+    roles = matrix_roles(adapter)
+    ids = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(1))
+    removed = {}
+    for name, role in roles.items():
+        shape = tuple(weight_in_out(adapter.linear_modules()[name]).shape)
+        _, unit = role.residual_and_unit(shape)
+        removed[name] = (unit == 5) & (role.layer == 2) & (role.kind == "neurons")
+    with torch.no_grad(), masked(adapter, removed):
+        ours = model(input_ids=ids).logits
+    with torch.no_grad(), apply(adapter, [UnitSpec("neurons", 2, (5,))]):
+        theirs = model(input_ids=ids).logits
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_edges_of_an_unchanged_model_are_all_indistinguishable():
+    adapter = get_adapter(_model())
+    roles = matrix_roles(adapter)
+    w = projection_weights(adapter)
+    units = {(layer, k): n_units(adapter, layer, k) for layer in range(adapter.n_layers) for k in KINDS}
+    table = edge_tests(w, w, roles, adapter.d_model, units, 0.05)
+    assert set(table.unit_kind) == set(KINDS) and (table.frac_indist == 1.0).all()
+    assert (table[table.unit_kind == "neurons"].params_per_edge == 2).all()  # W_in[j, i] and W_out[i, j]
+    heads = table[table.unit_kind == "heads"].params_per_edge
+    assert (heads == 4 * adapter.d_head).all()  # q, k, v rows and the output columns of one head
+
+
+# --------------------------------------------------------------------------- annealing
+
+
+def _docs(n: int = 24, seed: int = 0) -> list[Doc]:
+    rng = np.random.default_rng(seed)
+    return [Doc(i, tuple(int(t) for t in rng.integers(0, VOCAB, 6)), tuple((int(c),) for c in rng.choice(VOCAB, 4, replace=False)),
+                (1, 1, 1, 1), int(rng.integers(0, 4))) for i in range(n)]
+
+
+def test_annealing_at_tolerance_zero_leaves_the_logits_unchanged():
+    model = _model()
+    adapter = get_adapter(model)
+    down = adapter.mlp_down_proj(0)
+    with torch.no_grad():
+        weight_in_out(down)[:, :16] = 0.0  # neurons 0..15 of layer 0 no longer reach the residual stream
+    weights = projection_weights(adapter)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    roles = matrix_roles(adapter)
+    # evidence: the irrelevant inputs of those neurons look unlearned, everything else learned
+    pvalues = {n: np.full(w.shape, 1e-3) for n, w in weights.items()}
+    reader = next(n for n, r in roles.items() if r.layer == 0 and r.matrix_type == "mlp_in")
+    pvalues[reader][:16] = 1.0
+    docs = _docs()
+
+    def evaluate():
+        return {"synthetic": score(model, docs, 8)}
+
+    result = anneal(adapter, pvalues, weights, [0.5, 1e-4], evaluate, tolerance=0.0)
+    chosen = result.accepted("anneal")
+    assert chosen is not None and chosen.step == 0 and chosen.n_removed == 16 * adapter.d_model
+    assert result.curve("anneal")[1].n_removed == sum(w.size for w in weights.values())
+    assert [s.n_removed for s in result.curve("magnitude")] == [s.n_removed for s in result.curve("anneal")]
+    ids = torch.tensor([d.context for d in docs])
+    with torch.no_grad():
+        dense = model(input_ids=ids).logits
+        with masked(adapter, {n: p > chosen.threshold for n, p in pvalues.items()}):
+            annealed = model(input_ids=ids).logits
+    assert torch.equal(dense, annealed)
+    for n, p in model.named_parameters():  # every step was undone bit-exactly
+        assert torch.equal(p, before[n]), n
+
+
+# --------------------------------------------------------------------------- components
+
+
+def _parity_kept(adapter, roles):
+    kept = {}
+    for name, role in roles.items():
+        shape = tuple(weight_in_out(adapter.linear_modules()[name]).shape)
+        residual, unit = role.residual_and_unit(shape)
+        kept[name] = residual % 2 == unit % 2
+    return kept
+
+
+def test_components_of_a_planted_two_part_structure():
+    adapter = get_adapter(_model())
+    roles = matrix_roles(adapter)
+    units = {(layer, k): n_units(adapter, layer, k) for layer in range(adapter.n_layers) for k in KINDS}
+    table = component_table(roles, _parity_kept(adapter, roles), NodeIndex.build(adapter.d_model, units), adapter.n_layers)
+    assert (table.n_components == 2).all() and (table.largest_frac == 0.5).all()
+    assert (table.isolated_units == 0).all() and (table.edge_density == 0.5).all()
+    kept = {n: np.zeros_like(k) for n, k in _parity_kept(adapter, roles).items()}
+    empty = component_table(roles, kept, NodeIndex.build(adapter.d_model, units), adapter.n_layers)
+    assert (empty.n_components == 0).all() and empty.isolated_units.iloc[-1] == sum(units.values())
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "gpt2"])
+def test_decomposed_model_equals_the_masked_model(family):
+    model = _model(family, dtype=torch.float64)
+    adapter = get_adapter(model)
+    roles = matrix_roles(adapter)
+    rng = np.random.default_rng(5)
+    removed = {}
+    for name, kept in _parity_kept(adapter, roles).items():  # two blocks per matrix, plus random holes
+        removed[name] = ~kept | (rng.random(kept.shape) < 0.3)
+    ids = torch.randint(0, VOCAB, (3, 9), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad(), masked(adapter, removed):
+        reference = model(input_ids=ids).logits
+        with decomposed(adapter) as blocks:
+            split = model(input_ids=ids).logits
+        assert all(len(b) >= 2 for b in blocks.values())
+    torch.testing.assert_close(split, reference, rtol=1e-10, atol=1e-10)
+    assert not any("forward" in m.__dict__ for m in adapter.linear_modules().values())  # restored
+
+
+def test_matrix_blocks_are_the_block_diagonal_form():
+    w = torch.zeros(5, 4)
+    w[0, 1] = w[3, 1] = w[3, 2] = 1.0  # rows {0, 3} x cols {1, 2}
+    w[4, 0] = 2.0  # rows {4} x cols {0}
+    blocks = sorted(matrix_blocks(w), key=lambda b: b.rows.tolist())
+    assert [b.rows.tolist() for b in blocks] == [[0, 3], [4]]
+    assert [b.cols.tolist() for b in blocks] == [[1, 2], [0]]
+
+
+# --------------------------------------------------------------------------- stage input
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model=bogus"], "unknown model 'bogus'; valid: scratch, gen2, tuned"),
+        (["fdr=1.5"], "fdr must lie in (0, 1)"),
+        (["tolerance=-1"], "tolerance must be >= 0"),
+        (["structure.thresholds=[0.1,0.5]"], "decrease strictly"),
+        (["structure.models=[scratch-step0]"], "no step-0 null model for scratch-step0"),
+    ],
+)
+def test_bad_requests_are_refused_before_any_work(overrides, message):
+    cfg = make_cfg("structure", overrides)
+    with pytest.raises(StudyError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_request(cfg)
+
+
+# --------------------------------------------------------------------------- the stage's grid and report
+
+
+@pytest.fixture(scope="module")
+def study(smoke_suite, tmp_path_factory):
+    """Smoke data, a random `scratch-step0` and a `scratch` that drifted from it, and a config for them."""
+    from transformers import AutoTokenizer
+
+    from paramscope.models.zoo import save_model
+
+    _, data = smoke_suite
+    tmp = tmp_path_factory.mktemp("structure")
+    tokenizer = AutoTokenizer.from_pretrained(data / "tokenizer")
+    step0 = tiny_random_model("gpt_neox", 0, len(tokenizer))
+    save_model(step0, tokenizer, tmp / "models" / "scratch-step0", {})
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in step0.parameters():
+            if p.ndim == 2:
+                p.add_(0.1 * torch.randn(p.shape, generator=generator))
+    save_model(step0, tokenizer, tmp / "models" / "scratch", {})
+    cfg = make_cfg("structure", ["profile=smoke", f"paths.data={data}", f"paths.tasks={data / 'tasks'}",
+                                 f"paths.tokenizer={data / 'tokenizer'}", f"paths.models={tmp / 'models'}",
+                                 "model=scratch", "structure.thresholds=[0.5,0.1,0.01]", "structure.decompose_docs=2"])
+    return cfg, tmp
+
+
+def test_the_grid_writes_every_cell_once_and_the_report_reads_them(study, tmp_path):
+    from paramscope.report.structure import report
+    from paramscope.store import load_results
+    from paramscope.structure.run import run_grid
+
+    cfg, tmp = study
+    results = tmp / "results"
+    first = run_grid(cfg, results)
+    assert first["computed"] == 5 and first["skipped"] == 0  # Weibull x 2, tests, anneal, components
+    assert run_grid(cfg, results)["skipped"] == 5  # a rerun finds every cell
+    df = load_results("structure", results, with_examples=True)
+    assert set(df.kind) == {"weibull", "tests", "anneal", "components"}
+    assert set(df[df.kind == "weibull"].step) == {"step0", "trained"}
+    states = df[(df.kind == "anneal") & (df.row_type == "state")]
+    assert set(states.split) == {"dev", "test"} and (states.null_model == "scratch-step0").all()
+    graph = df[(df.kind == "components") & (df.row_type == "graph")]
+    assert (graph.logits_max_abs_diff <= 1e-5 * graph.logits_max_abs).all()
+
+    rcfg = make_cfg("report", ["profile=smoke", "topic=structure", "report.n_resamples=1000", "models=[scratch]"])
+    metrics = report(rcfg, results, tmp_path)
+    macros = (tmp_path / "macros.tex").read_text()
+    for name in ("StructureScratchIndist", "StructureScratchAnnealSparsity", "StructureScratchAnnealTestDeltaAccLow",
+                 "StructureWeibullScratchStepZeroK", "StructureDecompMaxDiff"):
+        assert f"\\newcommand{{\\{name}}}" in macros
+    assert 0.0 <= metrics["scratch/indist"] <= 1.0
+    assert {p.name for p in (tmp_path / "figures").iterdir()} == {
+        "indistinguishable.pdf", "annealing.pdf", "components.pdf", "weibull.pdf"}
+    assert {p.name for p in (tmp_path / "tables").iterdir()} == {
+        "indistinguishable.tex", "annealing.tex", "components.tex", "weibull.tex"}
