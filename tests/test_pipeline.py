@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -36,7 +37,11 @@ def study(tmp_path_factory):
             (repo / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, repo / rel)
     params = repo / "params.yaml"
-    params.write_text(params.read_text().replace("profile: tiny", "profile: smoke"))
+    text = params.read_text().replace("profile: tiny", "profile: smoke")
+    # smaller multirun axes (they live in params.yaml, not in the profile): a 2-layer model has 8 modules
+    text = re.sub(r"(?m)^(  k:) .*$", r"\1 2,0.5", text)
+    text = re.sub(r"(?m)^(  alpha:) .*$", r"\1 0.5,1", text)
+    params.write_text(text)
     remote = repo.parent / "remote"
     sh(f"git init -q && dvc remote add -f -d local {remote} && dvc repro", repo)
     return repo
@@ -49,9 +54,13 @@ def test_repro_builds_every_output(study):
         assert (study / out).is_file(), out
     assert any((study / "reports" / "figures").glob("*.pdf"))
     ablate = pd.concat(pd.read_parquet(p) for p in (study / "results" / "ablate").glob("*.parquet"))
-    assert set(ablate.group) == {"heads", "layers", "attn", "mlp", "neurons", "matrix", "magnitude", "random"}
-    assert set(ablate.op) == {"zero", "scale", "mean", "noise"}
+    assert set(ablate.group) == {"heads", "layers", "attn", "mlp", "neurons", "matrix", "magnitude", "magnitude_matrix",
+                                 "random", "pairs"}
+    assert set(ablate.op) == {"zero", "scale", "mean", "noise", "resample"}
     assert set(ablate.model) == {"scratch", "gen2", "tuned"}
+    for topic in ("transplant", "structure"):
+        assert any((study / "results" / topic).glob("*.parquet")), topic
+        assert (study / "reports" / topic / "macros.tex").is_file(), topic
     screened = (ablate.op == "zero") & ablate.group.isin(["heads", "neurons"])
     assert ablate.loc[screened, "screen_delta_gold_ll"].notna().all()
     assert ablate.loc[~screened, "screen_delta_gold_ll"].isna().all()
