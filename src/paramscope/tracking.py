@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,10 +26,12 @@ def stage_run(cfg: DictConfig, stage: str, name: str | None = None) -> Iterator[
     except ValueError:  # not under @hydra.main (tests, notebooks)
         sweep, job = None, None
     wcfg = cfg.wandb
+    # Under DDP every rank runs the stage; only rank 0 logs, or one job would become several runs.
+    rank = next((int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID") if k in os.environ), 0)
     run = wandb.init(
         project=wcfg.project,
         entity=wcfg.entity,
-        mode=wcfg.mode,
+        mode=wcfg.mode if rank == 0 else "disabled",
         dir=wcfg.dir,
         group=wcfg.group or (f"{stage}:{sweep}" if sweep else stage),
         job_type=stage,

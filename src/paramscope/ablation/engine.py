@@ -100,7 +100,11 @@ def parallel_residual(adapter: Adapter, layer: int) -> bool:
 
 
 def _is_single_token(doc: Doc) -> bool:
-    return all(len(c) == 1 for c in doc.choices)
+    """Branchable: plain multiple choice with one-token choices. Loglikelihood and multiple-input
+    documents (one context per choice) take the plain loop, which routes them to their scorers."""
+    from paramscope.evaluation.loglikelihood import ContinuationDoc, MultiContextDoc
+
+    return not isinstance(doc, (ContinuationDoc, MultiContextDoc)) and all(len(c) == 1 for c in doc.choices)
 
 
 def _doc_batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[list[int]]:

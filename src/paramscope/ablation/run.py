@@ -60,7 +60,7 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
     """Compute every missing map of this job; finished maps are found by key and skipped."""
     check_request(cfg)
     models = selected(cfg, "model", cfg.ablate.models)
-    tasks = selected(cfg, "task", cfg.tasks)
+    tasks = selected(cfg, "task", cfg.ablate.get("tasks") or cfg.tasks)  # paper: lambada has no single answer
     value = float(cfg.value)
     bins = int(cfg.ablate.matrix_magnitude_bins if cfg.group == "magnitude_matrix" else cfg.ablate.magnitude_bins)
     prefix = f"{cfg.group}-{cfg.op}-{value:g}-"  # lets a job find its own cells among all others

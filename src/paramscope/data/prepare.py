@@ -25,7 +25,14 @@ def check_tasks(tasks: list[str], valid: tuple[str, ...] = TASKS) -> None:
 
 
 def prepare(cfg: DictConfig, out: Path) -> dict:
-    """Write the suite into ``out`` atomically; returns a summary for logging."""
+    """Write the suite into ``out`` atomically; returns a summary for logging.
+
+    A profile without a synthetic suite (paper) prepares the tokenizer and the pinned corpus instead.
+    """
+    if cfg.get("suite") is None:
+        from paramscope.models.corpus import prepare_corpus
+
+        return prepare_corpus(cfg, out)
     check_tasks(list(cfg.tasks))
     suite = suite_from_config(cfg)
     summary: dict = {"vocab_size": len(suite.vocabulary())}

@@ -84,12 +84,21 @@ def build_docs(
     """The ``split`` half of a task's evaluation documents, with lm-eval's exact request strings."""
     check_split(split)
     task = load_lm_eval_task(task_name, include_path)
-    if task.OUTPUT_TYPE != "multiple_choice":
-        raise StudyError(f"task '{task_name}' has output type {task.OUTPUT_TYPE}; supported: multiple_choice")
+    if task.OUTPUT_TYPE not in ("multiple_choice", "loglikelihood"):
+        raise StudyError(f"task '{task_name}' has output type {task.OUTPUT_TYPE}; "
+                         "supported: multiple_choice, loglikelihood")
     indices = split_indices(eval_doc_count(task), seed, dev_fraction)[split]
     if limit is not None:
         indices = indices[:limit]
     task.build_all_requests(samples=indices, rank=0, world_size=1)
+    if task.OUTPUT_TYPE == "loglikelihood":  # one continuation per document (e.g. lambada_openai)
+        from paramscope.evaluation.loglikelihood import continuation_docs
+
+        return TaskDocs(task=task_name, split=split, docs=continuation_docs(task, tokenizer, indices))
+    if task.multiple_input:  # one context per choice, one continuation (e.g. winogrande)
+        from paramscope.evaluation.loglikelihood import multiple_input_docs
+
+        return TaskDocs(task=task_name, split=split, docs=multiple_input_docs(task, tokenizer, indices))
     by_doc: dict[int, list] = {}
     for inst in task.instances:
         by_doc.setdefault(inst.doc_id, []).append(inst)

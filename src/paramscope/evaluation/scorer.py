@@ -124,8 +124,25 @@ def _score_shared_context(model, doc: Doc) -> np.ndarray:
 
 
 def score(model, docs: list[Doc] | tuple[Doc, ...], batch_size: int = 64) -> Scores:
-    """Log-likelihood of every choice of every doc under ``model`` (with any hooks it carries)."""
+    """Log-likelihood of every choice of every doc under ``model`` (with any hooks it carries).
+
+    Documents of a loglikelihood task (`loglikelihood.ContinuationDoc`) are scored as lm-eval scores
+    them (log-likelihood and greedy match of the one continuation), in their own module.
+    """
     docs = list(docs)
+    from paramscope.evaluation.loglikelihood import (
+        ContinuationDoc,
+        MultiContextDoc,
+        score_continuations,
+        score_multiple_input,
+    )
+
+    for kind, scorer in ((ContinuationDoc, score_continuations), (MultiContextDoc, score_multiple_input)):
+        n_kind = sum(isinstance(d, kind) for d in docs)
+        if n_kind:
+            if n_kind != len(docs):
+                raise ValueError(f"{kind.__name__} documents cannot be scored together with other kinds")
+            return scorer(model, docs, batch_size)
     single = [i for i, d in enumerate(docs) if all(len(c) == 1 for c in d.choices)]
     multi = sorted(set(range(len(docs))) - set(single))
     lls: list[np.ndarray] = [None] * len(docs)  # type: ignore[list-item]

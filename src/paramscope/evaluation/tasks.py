@@ -25,6 +25,6 @@ def _cached_docs(name: str, include: str | None, tokenizer_key: str, tokenizer, 
 def task_docs(cfg: DictConfig, task: str, split: str, tokenizer) -> TaskDocs:
     """The split's documents, built once per (task, split, tokenizer) within a process."""
     name, include = lm_eval_task(cfg, task)
-    frac = float(cfg.get("suite", {}).get("dev_fraction", cfg.get("dev_fraction", 0.5)))
+    frac = float((cfg.get("suite") or {}).get("dev_fraction", cfg.get("dev_fraction", 0.5)))  # paper: suite null
     key = tokenizer.name_or_path + str(len(tokenizer))
     return _cached_docs(name, include, key, tokenizer, split, int(cfg.seed), frac)

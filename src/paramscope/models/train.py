@@ -2,15 +2,25 @@
 
 Every model is saved as a Hugging Face directory (safetensors + tokenizer) with a provenance file, so
 that the rest of the study loads them exactly like hub models.
+
+Two data sources, one code path: the tiny/smoke profiles read the prepared training mixtures
+(`data/train/<name>.txt`); a variant whose `data` is `corpus` streams the profile's pinned corpus
+(paper profile), with a length in `tokens` instead of `steps`. Optional settings, all off in tiny:
+gradient accumulation (`train.accumulate`), periodic checkpoints that an interrupted run resumes from
+(`train.checkpoints`), bf16 (`train.precision`), and several devices (`trainer=ddp`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import shutil
+import time
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import (
@@ -21,7 +31,9 @@ from transformers import (
 )
 
 from paramscope.errors import StudyError
+from paramscope.models.corpus import CORPUS, CorpusResume, PackedCorpus, open_stream
 from paramscope.models.zoo import save_model
+from paramscope.store import cell_key
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +43,7 @@ def scratch_config(cfg: DictConfig, vocab_size: int, tokenizer) -> GPTNeoXConfig
     if m.family != "gpt_neox":
         raise StudyError(f"scratch model family '{m.family}' is not trainable here; valid: gpt_neox")
     return GPTNeoXConfig(
-        vocab_size=vocab_size,
+        vocab_size=m.get("vocab_size") or vocab_size,  # Pythia pads its 50277 tokens to 50304
         hidden_size=m.hidden_size,
         num_hidden_layers=m.num_hidden_layers,
         num_attention_heads=m.num_attention_heads,
@@ -43,7 +55,7 @@ def scratch_config(cfg: DictConfig, vocab_size: int, tokenizer) -> GPTNeoXConfig
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.eos_token_id,
-        attn_implementation="eager",
+        attn_implementation=cfg.train.get("attn_implementation", "eager"),
     )
 
 
@@ -66,13 +78,65 @@ class LogProgress(L.Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if step % self.every == 0 or step == trainer.max_steps:
-            log.info("%s: step %d/%d loss %.4f", self.name, step, trainer.max_steps, float(outputs["loss"]))
+            # Lightning hands over the loss divided by the accumulation factor
+            loss = float(outputs["loss"]) * trainer.accumulate_grad_batches
+            log.info("%s: step %d/%d loss %.4f", self.name, step, trainer.max_steps, loss)
+
+
+class Throughput(L.Callback):
+    """Training tokens per second (inputs of every device), logged and kept for the run's summary.
+
+    Timed from the end of the first optimizer step, so start-up (compilation, the first fetch of the
+    stream) is not counted.
+    """
+
+    def __init__(self, every: int):
+        self.every = every
+        self.tokens = 0
+        self.t0: float | None = None
+        self.window: tuple[float, int] | None = None
+        self.tokens_per_s = float("nan")
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if self.t0 is None:
+            if trainer.global_step >= 1:
+                self.t0, self.window = time.perf_counter(), (time.perf_counter(), 0)
+            return
+        self.tokens += batch[0][:, :-1].numel() * trainer.world_size
+        now = time.perf_counter()
+        self.tokens_per_s = self.tokens / max(now - self.t0, 1e-9)
+        start, tokens_then = self.window
+        if trainer.global_step % self.every == 0 and now > start:
+            module.log("train/tokens_per_s", (self.tokens - tokens_then) / (now - start), rank_zero_only=True)
+            self.window = (now, self.tokens)
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """Periodic checkpoints taken only where an optimizer step ends.
+
+    Lightning does not restore which step it saved last, so right after a resume it would save again
+    on the first micro-batch of a gradient-accumulation window: a checkpoint whose accumulated
+    gradient is lost. Marking the restored step as saved keeps every checkpoint on a step boundary.
+    """
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._last_global_step_saved = trainer.global_step
 
 
 class CausalLM(L.LightningModule):
-    """Next-token loss on real tokens only (padding is masked)."""
+    """Next-token loss on real tokens only (padding is masked; packed corpus blocks have none)."""
 
-    def __init__(self, model, pad_id: int, lr: float, weight_decay: float, warmup_steps: int, max_steps: int):
+    def __init__(
+        self,
+        model,
+        pad_id: int | None,
+        lr: float,
+        weight_decay: float,
+        warmup_steps: int,
+        max_steps: int,
+        betas: tuple[float, float] = (0.9, 0.98),
+    ):
         super().__init__()
         self.model = model
         self.pad_id = pad_id
@@ -81,8 +145,11 @@ class CausalLM(L.LightningModule):
     def training_step(self, batch, _):
         (ids,) = batch
         inputs, targets = ids[:, :-1], ids[:, 1:].clone()
-        targets[targets == self.pad_id] = -100
-        logits = self.model(input_ids=inputs, attention_mask=(inputs != self.pad_id).long()).logits
+        if self.pad_id is None:  # packed blocks: every position is a real token, plain causal attention
+            logits = self.model(input_ids=inputs).logits
+        else:
+            targets[targets == self.pad_id] = -100
+            logits = self.model(input_ids=inputs, attention_mask=(inputs != self.pad_id).long()).logits
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/tokens", float((targets != -100).sum()), reduce_fx="sum")
@@ -90,7 +157,7 @@ class CausalLM(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        opt = torch.optim.AdamW(self.model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, betas=(0.9, 0.98))
+        opt = torch.optim.AdamW(self.model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
 
         def schedule(step: int) -> float:
             if step < hp.warmup_steps:
@@ -102,20 +169,49 @@ class CausalLM(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def train_variant(cfg: DictConfig, name: str, models_dir: Path, data_dir: Path, logger) -> dict:
-    """Train one variant (from scratch or from another variant) and save it under ``models_dir/name``."""
-    spec = cfg.train.variants[name]
-    tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
-    L.seed_everything(cfg.seed + sum(map(ord, name)), workers=True, verbose=False)
-    if spec.init is None:
-        model = GPTNeoXForCausalLM(scratch_config(cfg, len(tokenizer), tokenizer))
-        if spec.get("save_step0", False):
-            save_model(model, tokenizer, models_dir / f"{name}-step0", {"variant": name, "step": 0})
-    else:
-        init_dir = models_dir / spec.init
-        if not init_dir.is_dir():
-            raise StudyError(f"variant '{name}' starts from '{spec.init}', but {init_dir} does not exist")
-        model = AutoModelForCausalLM.from_pretrained(init_dir, attn_implementation="eager")
+def trainer_options(cfg: DictConfig) -> dict:
+    """Devices and strategy from the `trainer` group (`trainer=ddp`); one device of `cfg.device` without it."""
+    t = cfg.get("trainer") or {}
+    return {
+        "accelerator": t.get("accelerator") or cfg.device,
+        "devices": t.get("devices", 1),
+        "num_nodes": t.get("num_nodes", 1),
+        "strategy": t.get("strategy", "auto"),
+    }
+
+
+def planned_steps(cfg: DictConfig, spec: DictConfig, world_size: int) -> int:
+    """Optimizer steps of a variant: given, or enough for its `tokens` over every device."""
+    if spec.get("steps"):
+        return int(spec.steps)
+    if not spec.get("tokens"):
+        raise StudyError("a training variant needs `steps` or `tokens`")
+    per_step = world_size * cfg.train.batch_size * cfg.train.get("accumulate", 1) * cfg.train.seq_len
+    return math.ceil(int(spec.tokens) / per_step)
+
+
+def checkpoint_dir(cfg: DictConfig, name: str) -> Path | None:
+    """Where a variant's checkpoints go, named by what determines the run, so that a run resumes only
+    from its own checkpoints (a changed model, data or schedule starts afresh); None: no checkpoints."""
+    ck = cfg.train.get("checkpoints")
+    if not ck:
+        return None
+    what = {
+        "model": cfg.model,
+        "train": {k: v for k, v in cfg.train.items() if k not in ("checkpoints", "variants")},
+        "variant": cfg.train.variants[name],
+        "corpus": cfg.get("corpus"),
+        "trainer": trainer_options(cfg),
+        "seed": cfg.seed,
+    }
+    key = cell_key(**OmegaConf.to_container(OmegaConf.create(what), resolve=True))
+    return Path(ck.dir) / f"{name}-{key}"
+
+
+def _loader(cfg: DictConfig, spec: DictConfig, data_dir: Path, tokenizer) -> tuple[DataLoader, PackedCorpus | None]:
+    if spec.data == CORPUS and cfg.get("corpus") is not None:
+        corpus = PackedCorpus(open_stream(cfg.corpus), tokenizer, cfg.train.seq_len, cfg.corpus.text_field)
+        return DataLoader(corpus, batch_size=cfg.train.batch_size, num_workers=0), corpus
     data_path = data_dir / "train" / f"{spec.data}.txt"
     if not data_path.is_file():
         raise StudyError(f"training set '{spec.data}' not found at {data_path}; run the prepare stage")
@@ -126,30 +222,95 @@ def train_variant(cfg: DictConfig, name: str, models_dir: Path, data_dir: Path, 
         generator=torch.Generator().manual_seed(cfg.seed),
         drop_last=True,
     )
-    module = CausalLM(
-        model, tokenizer.pad_token_id, cfg.train.lr, cfg.train.weight_decay, cfg.train.warmup_steps, spec.steps
-    )
+    return loader, None
+
+
+def train_variant(cfg: DictConfig, name: str, models_dir: Path, data_dir: Path, logger) -> dict:
+    """Train one variant (from scratch or from another variant) and save it under ``models_dir/name``.
+
+    With `train.checkpoints` set, checkpoints are written every `every_n_steps` and an interrupted run
+    restarts from its last one (model, optimizer, schedule and the corpus position), then the folder
+    is removed once the model is saved.
+    """
+    spec = cfg.train.variants[name]
+    tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
+    L.seed_everything(cfg.seed + sum(map(ord, name)), workers=True, verbose=False)
+    if spec.init is None:
+        model = GPTNeoXForCausalLM(scratch_config(cfg, len(tokenizer), tokenizer))
+    else:
+        init_dir = models_dir / spec.init
+        if not init_dir.is_dir():
+            raise StudyError(f"variant '{name}' starts from '{spec.init}', but {init_dir} does not exist")
+        model = AutoModelForCausalLM.from_pretrained(init_dir, attn_implementation="eager")
+    loader, corpus = _loader(cfg, spec, data_dir, tokenizer)  # fails (e.g. offline) before anything is saved
+    accumulate = int(cfg.train.get("accumulate", 1))
+    ckpt_dir = checkpoint_dir(cfg, name)
+    throughput = Throughput(cfg.train.get("log_every_n_steps", 25))
+    callbacks = [LogProgress(name), throughput]
+    if corpus is not None:
+        callbacks.append(CorpusResume(corpus, cfg.train.batch_size, accumulate))
+    if ckpt_dir is not None:
+        callbacks.append(
+            StepCheckpoint(
+                dirpath=ckpt_dir,
+                filename="step{step:07d}",
+                auto_insert_metric_name=False,
+                every_n_train_steps=cfg.train.checkpoints.every_n_steps,
+                save_top_k=cfg.train.checkpoints.get("keep", 2),
+                monitor="step",
+                mode="max",
+                save_last=True,
+            )
+        )
     trainer = L.Trainer(
-        max_steps=spec.steps,
-        accelerator=cfg.device,
-        devices=1,
+        max_steps=int(spec.steps) if spec.get("steps") else -1,
+        **trainer_options(cfg),
         precision=cfg.train.precision,
         deterministic=True,
         logger=logger,
-        enable_checkpointing=False,
+        enable_checkpointing=ckpt_dir is not None,
         enable_model_summary=False,
-        log_every_n_steps=25,
+        log_every_n_steps=cfg.train.get("log_every_n_steps", 25),
         gradient_clip_val=1.0,
-        callbacks=[LogProgress(name)],
+        accumulate_grad_batches=accumulate,
+        callbacks=callbacks,
     )
-    trainer.fit(module, loader)
-    model = module.model.cpu().eval()
+    if spec.init is None and spec.get("save_step0", False) and trainer.is_global_zero:  # one writer under DDP
+        save_model(model, tokenizer, models_dir / f"{name}-step0", {"variant": name, "step": 0})
+    steps = planned_steps(cfg, spec, trainer.world_size)
+    trainer.fit_loop.epoch_loop.max_steps = steps  # a length in tokens needs the device count first
+    module = CausalLM(
+        model,
+        None if corpus is not None else tokenizer.pad_token_id,
+        cfg.train.lr,
+        cfg.train.weight_decay,
+        cfg.train.warmup_steps,
+        steps,
+        tuple(cfg.train.get("betas", (0.9, 0.98))),
+    )
+    last = ckpt_dir / "last.ckpt" if ckpt_dir is not None else None
+    resume = last if last is not None and last.is_file() else None
+    if resume is not None:
+        log.info("%s: resuming from %s", name, resume)
+    trainer.fit(module, loader, ckpt_path=resume)
+    if trainer.interrupted or trainer.global_step < steps:
+        raise StudyError(f"training of '{name}' stopped at step {trainer.global_step} of {steps}; "
+                         "rerun to resume" + (f" from {ckpt_dir}" if ckpt_dir is not None else ""))
+    model = module.model.cpu().float().eval()
     provenance = {
         "variant": name,
         "init": spec.init,
         "data": spec.data,
-        "steps": spec.steps,
+        "steps": steps,
         "train_config": OmegaConf.to_container(cfg.train, resolve=True),
     }
-    save_model(model, tokenizer, models_dir / name, provenance)
-    return {f"{name}/final_loss": float(trainer.callback_metrics.get("train/loss", float("nan")))}
+    if corpus is not None:
+        provenance["corpus"] = OmegaConf.to_container(cfg.corpus, resolve=True)
+    if trainer.is_global_zero:
+        save_model(model, tokenizer, models_dir / name, provenance)
+        if ckpt_dir is not None and not cfg.train.checkpoints.get("keep_after", False):
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return {
+        f"{name}/final_loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
+        f"{name}/tokens_per_s": throughput.tokens_per_s,
+    }

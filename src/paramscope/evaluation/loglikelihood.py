@@ -1,0 +1,148 @@
+"""Loglikelihood tasks (lm-eval `output_type: loglikelihood`, e.g. lambada_openai): one continuation
+per document, scored as lm-eval's HFLM scores it. Also the multiple-choice tasks whose choices sit in
+the context (lm-eval `multiple_input`, e.g. winogrande): one (context, continuation) request per choice.
+
+Per document lm-eval returns ``(ll, is_greedy)``: ``ll`` the summed log-probability of the
+continuation's tokens given the context, ``is_greedy`` whether every continuation token is the argmax of
+the model's distribution at its position. The task's metrics are ``acc`` = mean is_greedy and
+``perplexity`` = exp(-mean ll). Here, as in the multiple-choice scorer, only the positions that predict
+continuation tokens are unembedded, and contexts longer than the model's window are cut from the left
+exactly as HFLM cuts them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from paramscope.evaluation.requests import Doc, encode_pair
+from paramscope.evaluation.scorer import Scores, _device, _hidden, _unembed_log_probs
+
+# HFLM's fallback when the model's config names no window
+DEFAULT_MAX_LENGTH = 2048
+
+
+@dataclass(frozen=True)
+class ContinuationDoc(Doc):
+    """A loglikelihood request: ``choices`` holds the one continuation, ``gold`` is 0."""
+
+
+@dataclass
+class ContinuationScores(Scores):
+    """Scores of loglikelihood documents: ``correct`` is lm-eval's is_greedy, not an argmax over choices."""
+
+    greedy: np.ndarray  # 1 where every continuation token is the model's argmax
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.greedy.astype(np.int8)
+
+    @property
+    def correct_norm(self) -> np.ndarray:  # no normalised variant: one continuation per document
+        return self.correct
+
+    def summary(self) -> dict[str, float]:
+        loss = float(-self.gold_ll.mean())
+        return {"n": len(self.gold), "acc": float(self.greedy.mean()), "acc_norm": float(self.greedy.mean()),
+                "loss": loss, "ppl": float(np.exp(loss))}
+
+
+@dataclass(frozen=True)
+class MultiContextDoc(Doc):
+    """A multiple-choice document with one context per choice (lm-eval `multiple_input`): choice i is
+    the continuation ``choices[i]`` after ``contexts[i]``; ``context`` is the first of them."""
+
+    contexts: tuple[tuple[int, ...], ...]
+
+
+def multiple_input_docs(task, tokenizer, indices: list[int]) -> tuple[MultiContextDoc, ...]:
+    """Documents of an lm-eval `multiple_input` task whose requests are built (``task.instances``);
+    the gold index is what lm-eval uses there, ``doc_to_text(doc)``."""
+    by_doc: dict[int, list] = {}
+    for inst in task.instances:
+        by_doc.setdefault(inst.doc_id, []).append(inst)
+    docs = []
+    for doc_id in sorted(by_doc):
+        insts = sorted(by_doc[doc_id], key=lambda i: i.idx)
+        pairs = [encode_pair(tokenizer, *inst.args) for inst in insts]
+        contexts = tuple(tuple(ctx) for ctx, _ in pairs)
+        docs.append(MultiContextDoc(
+            doc_id=indices[doc_id], context=contexts[0], choices=tuple(tuple(c) for _, c in pairs),
+            choice_chars=tuple(len(c) for c in task.doc_to_choice(insts[0].doc)),
+            gold=int(task.doc_to_text(insts[0].doc)), contexts=contexts,
+        ))
+    return tuple(docs)
+
+
+def score_multiple_input(model, docs: list[MultiContextDoc] | tuple[MultiContextDoc, ...],
+                         batch_size: int = 64) -> Scores:
+    """Every choice's (context, continuation) log-likelihood, as lm-eval's `multiple_input` scoring."""
+    requests = [ContinuationDoc(k, ctx, (choice,), (1,), 0)
+                for k, (ctx, choice) in enumerate((c, ch) for d in docs for c, ch in zip(d.contexts, d.choices))]
+    flat = score_continuations(model, requests, batch_size).gold_ll
+    per_doc = np.split(flat, np.cumsum([len(d.choices) for d in docs])[:-1])
+    return Scores(
+        doc_ids=np.array([d.doc_id for d in docs]),
+        lls=per_doc,
+        gold=np.array([d.gold for d in docs]),
+        choice_chars=[np.array(d.choice_chars, dtype=np.float64) for d in docs],
+    )
+
+
+def continuation_docs(task, tokenizer, indices: list[int]) -> tuple[ContinuationDoc, ...]:
+    """Documents of an lm-eval loglikelihood task whose requests are built (``task.instances``)."""
+    docs = []
+    for inst in sorted(task.instances, key=lambda i: i.doc_id):
+        context, target = inst.args
+        ctx, cont = encode_pair(tokenizer, context, target)
+        docs.append(ContinuationDoc(doc_id=indices[inst.doc_id], context=tuple(ctx), choices=(tuple(cont),),
+                                    choice_chars=(len(target),), gold=0))
+    return tuple(docs)
+
+
+def max_length(model) -> int:
+    """The model's window as HFLM reads it from the config."""
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(model.config, attr, None)
+        if value:
+            return int(value)
+    return DEFAULT_MAX_LENGTH
+
+
+@torch.inference_mode()
+def score_continuations(model, docs: list[ContinuationDoc] | tuple[ContinuationDoc, ...],
+                        batch_size: int = 64) -> ContinuationScores:
+    """(ll, is_greedy) of every document's continuation under ``model`` (with any hooks it carries)."""
+    docs = list(docs)
+    dev = _device(model)
+    window = max_length(model)
+    lls = np.empty(len(docs))
+    greedy = np.zeros(len(docs), dtype=bool)
+    # HFLM's input: (context + continuation)[-(window + 1):][:-1]; the continuation is predicted by the
+    # last len(continuation) positions of it.
+    inputs = [(d.context + d.choices[0])[-(window + 1):][:-1] for d in docs]
+    order = sorted(range(len(docs)), key=lambda i: -len(inputs[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(len(inputs[i]) for i in idx)
+        ids = torch.zeros(len(idx), width, dtype=torch.long)
+        mask = torch.zeros(len(idx), width, dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids[row, : len(inputs[i])] = torch.tensor(inputs[i])
+            mask[row, : len(inputs[i])] = 1
+        hidden = _hidden(model, ids.to(dev), mask.to(dev))
+        for row, i in enumerate(idx):
+            cont = torch.tensor(docs[i].choices[0], device=dev)
+            end = len(inputs[i])
+            logp = _unembed_log_probs(model, hidden[row, end - len(cont) : end])
+            lls[i] = logp[torch.arange(len(cont), device=dev), cont].double().sum().item()
+            greedy[i] = bool((logp.argmax(dim=-1) == cont).all())
+    return ContinuationScores(
+        doc_ids=np.array([d.doc_id for d in docs]),
+        lls=[np.array([ll]) for ll in lls],
+        gold=np.zeros(len(docs), dtype=np.int64),
+        choice_chars=[np.array(d.choice_chars, dtype=np.float64) for d in docs],
+        greedy=greedy,
+    )

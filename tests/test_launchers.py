@@ -1,0 +1,97 @@
+"""Scale-out: the Hydra launcher configs compose, and a real grid of the ablate stage runs as two jobs of
+submitit's local executor (the SLURM launcher's code path without a cluster), then resumes: a rerun
+recomputes only the cell that is missing."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from transformers import AutoTokenizer
+
+from paramscope.models.random_models import tiny_random_model
+from paramscope.models.zoo import save_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def launcher_cfg(launcher: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("ablate", [f"hydra/launcher={launcher}", "profile=paper"], return_hydra_config=True).hydra.launcher
+
+
+@pytest.mark.parametrize(
+    "launcher, target",
+    [
+        ("processes", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+        ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+        ("slurm_ddp", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+        ("submitit_local", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"),
+        ("ray_cluster", "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"),
+    ],
+)
+def test_launcher_configs_compose(launcher, target, monkeypatch):
+    monkeypatch.setenv("SLURM_PARTITION", "gpu")
+    cfg = launcher_cfg(launcher)
+    assert cfg._target_ == target
+    if launcher.startswith("slurm"):
+        assert cfg.partition == "gpu" and cfg.max_num_timeout > 0 and cfg.gpus_per_node >= 1
+        assert cfg.submitit_folder.endswith(".submitit/%j")  # under the sweep dir, never a DVC out
+    if launcher == "slurm_ddp":
+        assert cfg.tasks_per_node == cfg.gpus_per_node == 8  # one Lightning DDP rank per GPU
+    if launcher == "processes":
+        assert cfg.n_jobs == 2 and cfg.prefer == "processes"
+    if launcher == "ray_cluster":
+        assert cfg.ray.init.address is None and cfg.ray.remote.num_gpus == 1
+
+
+@pytest.fixture
+def smoke_workspace(smoke_suite, tmp_path):
+    """The smoke suite and a random model saved as `scratch`, in a private folder."""
+    _, data = smoke_suite
+    tok = AutoTokenizer.from_pretrained(data / "tokenizer")
+    save_model(tiny_random_model("gpt_neox", seed=4, vocab_size=len(tok)), tok, tmp_path / "models" / "scratch",
+               {"variant": "scratch"})
+    return data, tmp_path
+
+
+def run_grid(data: Path, tmp: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "stages/ablate.py", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
+         "hydra.launcher.cpus_per_task=1", f"hydra.sweep.dir={tmp / 'sweep'}", "profile=smoke",
+         f"paths.data={data}", f"paths.tasks={data / 'tasks'}", f"paths.models={tmp / 'models'}",
+         f"paths.results={tmp / 'results'}", "model=scratch", "task=induction", "ablate.splits=[dev]",
+         "group=heads,layers"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+
+
+def cells(tmp: Path) -> dict[str, int]:
+    """Each result cell with its modification time: a recomputed cell is a new file."""
+    return {p.name: p.stat().st_mtime_ns for p in sorted((tmp / "results" / "ablate").glob("*.parquet"))}
+
+
+@pytest.mark.slow
+def test_submitit_local_grid_runs_two_jobs_and_resumes(smoke_workspace):
+    data, tmp = smoke_workspace
+    first = run_grid(data, tmp)
+    assert first.returncode == 0, first.stderr[-3000:]
+    jobs = [d for d in (tmp / "sweep" / ".submitit").iterdir() if d.name.isdigit()]  # "%j": before job ids
+    assert len(jobs) == 2  # one submitit job per grid point, each with its own process and result
+    assert all(list(d.glob("*_result.pkl")) for d in jobs)
+    done = cells(tmp)
+    assert len(done) == 2 and {n.split("-")[0] for n in done} == {"heads", "layers"}
+
+    # A job that died before writing: its cell is missing, the other job's cell is finished.
+    lost = next(n for n in done if n.startswith("layers"))
+    (tmp / "results" / "ablate" / lost).unlink()
+    second = run_grid(data, tmp)
+    assert second.returncode == 0, second.stderr[-3000:]
+    again = cells(tmp)
+    assert sorted(again) == sorted(done)
+    kept = next(n for n in done if n.startswith("heads"))
+    assert again[kept] == done[kept]  # finished cell not recomputed
+    assert lost in again  # missing cell computed by the rerun
