@@ -58,7 +58,7 @@ def test_repro_builds_every_output(study):
                                  "random", "pairs"}
     assert set(ablate.op) == {"zero", "scale", "mean", "noise", "resample"}
     assert set(ablate.model) == {"scratch", "gen2", "tuned"}
-    for topic in ("transplant", "structure"):
+    for topic in ("transplant", "structure", "optimize"):
         assert any((study / "results" / topic).glob("*.parquet")), topic
         assert (study / "reports" / topic / "macros.tex").is_file(), topic
     screened = (ablate.op == "zero") & ablate.group.isin(["heads", "neurons"])
@@ -92,7 +92,7 @@ def test_changing_a_grid_axis_reruns_only_downstream(study):
     finally:
         params.write_text(original)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert "ablate" in ran and ran <= {"ablate", "aggregate", "figures", "paper"}
+    assert "ablate" in ran and ran <= {"ablate", "aggregate", "figures", "optimize", "report-optimize", "paper"}
     sh("dvc repro", study)  # back to the committed grid for the tests that follow
 
 

@@ -38,6 +38,7 @@ def prepared(tmp_path_factory):
     "stage, overrides, message",
     [
         ("ablate", ["group=bogus"], "unknown group 'bogus'; valid: heads, neurons, attn, mlp, layers, matrix, magnitude, magnitude_matrix, random, pairs"),
+        ("optimize", ["model=bogus"], "unknown model 'bogus'; valid: scratch"),
         ("ablate", ["op=bogus"], "unknown op 'bogus'; valid: zero, scale, mean, noise, resample"),
         ("ablate", ["model=bogus"], "unknown model 'bogus'; valid: scratch, gen2, tuned"),
         ("ablate", ["task=bogus"], "unknown task 'bogus'; valid: induction, kv, facts, arith"),
@@ -83,6 +84,16 @@ def test_offline_hub_fails_with_one_line_and_no_partial_output(tmp_path):
     assert "cannot fetch baseline 'pythia-410m' (EleutherAI/pythia-410m@step143000)" in line
     assert "baselines.pythia-410m.local_dir" in line
     assert not (tmp_path / "baselines").exists()
+
+
+def test_paper_prepare_is_the_first_hub_access_and_fails_cleanly_offline(tmp_path):
+    """`dvc repro` with profile=paper starts with prepare: offline it stops there, in one line."""
+    proc = run_stage("prepare", "profile=paper", f"paths.data={tmp_path / 'data'}", env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    [line] = error_lines(proc)
+    assert "cannot fetch tokenizer EleutherAI/pythia-410m@step143000" in line
+    assert not (tmp_path / "data").exists()
+    assert not list(tmp_path.iterdir())  # no temp folder left behind either
 
 
 def test_offline_wandb_run_records_config_and_summary(prepared, tmp_path):
