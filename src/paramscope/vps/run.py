@@ -1,0 +1,224 @@
+"""The VPS grid inside one job: dev grid -> choice on dev -> test once, paired with the base model.
+
+For every model x task: the base model and every grid configuration are scored on `dev` (one cell
+each); the configuration with the best dev accuracy (ties: higher mean gold log-likelihood, then the
+grid's order) is scored once on `test` beside the base model, with the latency and memory overhead
+measured against the base model in the same run. Tasks with checkable answers (``vps.verify.tasks``)
+also run the verification loop on `test` with the chosen configuration, and its gamma = 0 control.
+Test documents are never scored while choosing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from tqdm import tqdm
+
+from paramscope.ablation.run import selected
+from paramscope.errors import StudyError, check_choice
+from paramscope.evaluation.requests import Doc
+from paramscope.evaluation.scorer import Scores, score
+from paramscope.evaluation.tasks import task_docs
+from paramscope.models import zoo
+from paramscope.models.adapters import get_adapter
+from paramscope.store import cell_key, cell_path, write_cell
+from paramscope.vps.overhead import measure
+from paramscope.vps.policy import MODES
+from paramscope.vps.selection import BUILDERS
+from paramscope.vps.verify import LoopSettings, verification_loop
+from paramscope.vps.wrapper import LAYER_SETS, VPSConfig, projection_names, sharpen
+
+log = logging.getLogger(__name__)
+
+ROW_SCHEMA = 2  # bump when rows change shape or meaning; cells of other schemas are pruned
+SETTINGS = ("tau", "clamp", "ridge", "lo_ratio")  # fixed per job, recorded in every VPS row
+AXES = ("gamma", "rank", "builder", "layer_set", "policy")
+PHASES = ("all", "dev")  # dev: the grid only (e.g. for multirun jobs), no test scoring
+VERIFIABLE = ("arith",)
+
+
+def axis(cfg: DictConfig, name: str) -> list:
+    """A grid axis: a list in conf, or one value from a multirun override such as ``gamma=0.1``."""
+    value = cfg[name]
+    return list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
+
+
+def grid(cfg: DictConfig) -> list[VPSConfig]:
+    fixed = {"tau": cfg.vps.tau, "clamp": cfg.vps.clamp, "ridge": float(cfg.vps.ridge),
+             "lo_ratio": float(cfg.vps.lo_ratio)}
+    return [VPSConfig(gamma=float(g), rank=int(r), builder=b, layer_set=s, policy=p, **fixed)
+            for g, r, b, s, p in itertools.product(*(axis(cfg, a) for a in AXES))]
+
+
+def check_request(cfg: DictConfig) -> None:
+    check_choice("phase", cfg.phase, PHASES)
+    for b in axis(cfg, "builder"):
+        check_choice("builder", b, BUILDERS)
+    for p in axis(cfg, "policy"):
+        check_choice("policy", p, MODES)
+    for g in axis(cfg, "gamma"):
+        if not float(g) > 0:
+            raise StudyError(f"gamma must be > 0 (gamma = 0 is the base model, which every cell is paired with); got {g}")
+    for r in axis(cfg, "rank"):
+        if int(r) != r or int(r) < 1:
+            raise StudyError(f"rank must be a positive integer; got {r}")
+    if cfg.vps.tau is not None and float(cfg.vps.tau) <= 0:
+        raise StudyError(f"vps.tau must be > 0 or null (no clip); got {cfg.vps.tau}")
+    for t in cfg.vps.verify.tasks:
+        check_choice("verification task", t, VERIFIABLE)
+        if cfg.get("suite") is None:
+            raise StudyError("the verification loop needs the synthetic suite; set vps.verify.tasks=[] for this profile")
+
+
+def check_layer_sets(cfg: DictConfig, adapter) -> None:
+    valid = [*LAYER_SETS, *projection_names(adapter)]
+    for s in axis(cfg, "layer_set"):
+        check_choice("layer_set", s, valid)
+
+
+def rows(meta: dict, scores: Scores, **extra: object) -> pd.DataFrame:
+    """One tidy row with the per-document lists that reports pair by document id."""
+    summary = scores.summary()
+    return pd.DataFrame([{**meta, "schema": ROW_SCHEMA, **extra, "n": summary["n"], "acc": summary["acc"], "loss": summary["loss"],
+                          "ex_doc_ids": scores.doc_ids.tolist(), "ex_correct": scores.correct.tolist(),
+                          "ex_gold_ll": scores.gold_ll.tolist()}])
+
+
+def config_columns(config: VPSConfig | None) -> dict:
+    if config is None:
+        return {a: None for a in (*AXES, *SETTINGS)}
+    return {a: getattr(config, a) for a in (*AXES, *SETTINGS)}
+
+
+def choose(dev: Sequence[tuple[VPSConfig, pd.Series]]) -> tuple[VPSConfig, pd.Series]:
+    """Best dev accuracy; ties broken by higher mean gold log-likelihood, then by grid order."""
+    best = max(range(len(dev)), key=lambda i: (dev[i][1].acc, -dev[i][1].loss, -i))
+    return dev[best]
+
+
+class Job:
+    """One model's cells; finished cells are read back instead of recomputed."""
+
+    def __init__(self, cfg: DictConfig, results: Path, name: str) -> None:
+        self.cfg, self.results, self.name = cfg, results, name
+        self.model, self.tokenizer = zoo.load(name, Path(cfg.paths.models), device=cfg.device)
+        self.adapter = get_adapter(self.model)
+        self.digest = zoo.digest(self.model)
+        self.batch = int(cfg.eval.batch_size)
+        self.counts = {"computed": 0, "skipped": 0}
+
+    def cell(self, task: str, split: str, condition: str, compute, **spec: object) -> pd.DataFrame:
+        key = cell_key(stage="vps", schema=ROW_SCHEMA, digest=self.digest, task=task, split=split, seed=self.cfg.seed,
+                       condition=condition, **spec)
+        path = cell_path("vps", key, self.results)
+        if path.exists():
+            self.counts["skipped"] += 1
+            return pd.read_parquet(path)
+        meta = {"model": self.name, "digest": self.digest, "task": task, "split": split, "condition": condition,
+                "cell": key}
+        df = compute(meta)
+        write_cell(df, path)
+        self.counts["computed"] += 1
+        return df
+
+    def score(self, docs: Sequence[Doc], config: VPSConfig | None = None) -> Scores:
+        with sharpen(self.model, config or VPSConfig(enabled=False), self.adapter):
+            return score(self.model, docs, self.batch)
+
+    def dev_grid(self, task: str, configs: list[VPSConfig]) -> list[tuple[VPSConfig, pd.Series]]:
+        docs = task_docs(self.cfg, task, "dev", self.tokenizer).docs
+        self.cell(task, "dev", "base", lambda m: rows(m, self.score(docs), **config_columns(None)))
+        out = []
+        for config in tqdm(configs, desc=f"vps {self.name}/{task} dev", leave=False):
+            df = self.cell(task, "dev", "grid", lambda m, c=config: rows(m, self.score(docs, c), **config_columns(c)),
+                           config=config.as_dict())
+            out.append((config, df.iloc[0]))
+        return out
+
+    def test(self, task: str, configs: list[VPSConfig],
+             dev: list[tuple[VPSConfig, pd.Series]]) -> tuple[pd.Series, pd.Series]:
+        """(chosen configuration's test row, base model's test row)."""
+        config, dev_row = choose(dev)
+        docs = task_docs(self.cfg, task, "test", self.tokenizer).docs
+        grid_spec = {"grid": sorted(str(c.as_dict()) for c in configs)}
+        base = self.cell(task, "test", "base", lambda m: rows(m, self.score(docs), **config_columns(None))).iloc[0]
+
+        def selected_row(meta: dict) -> pd.DataFrame:
+            n_tokens = sum(len(d.context) for d in docs)
+            cost = measure(lambda: self.score(docs), lambda: self.score(docs, config), n_tokens,
+                           int(self.cfg.vps.overhead_repeats), str(self.cfg.device))
+            return rows(meta, self.score(docs, config), **config_columns(config), grid_size=len(configs),
+                        dev_acc=float(dev_row.acc), dev_loss=float(dev_row.loss), n_tokens=n_tokens, **cost)
+
+        row = self.cell(task, "test", "selected", selected_row, config=config.as_dict(), **grid_spec).iloc[0]
+        if task in self.cfg.vps.verify.tasks:
+            self.verify(task, docs, config, grid_spec, row.cell)
+        return row, base
+
+    def verify(self, task: str, docs: Sequence[Doc], config: VPSConfig, grid_spec: dict, selected_cell: str) -> None:
+        """The loop with the chosen configuration and its gamma = 0 control, tied to the chosen cell."""
+        settings = LoopSettings(**self.cfg.vps.verify.loop)
+        modulus = int(self.cfg.suite.modulus)
+        for condition, cfg_ in (("verify", config), ("verify_control", dataclasses.replace(config, gamma=0.0))):
+            def compute(meta: dict, c: VPSConfig = cfg_) -> pd.DataFrame:
+                result = verification_loop(self.model, self.tokenizer, list(docs), c, modulus, settings, self.batch)
+                gold = np.array([d.gold for d in docs])
+                correct = (result.prediction == gold).astype(np.int8)  # gold is read here, after the loop
+                return pd.DataFrame([{**meta, "schema": ROW_SCHEMA, **config_columns(c), **dataclasses.asdict(settings),
+                                      "selected_cell": selected_cell, "n": len(docs), "acc": float(correct.mean()),
+                                      "loss": np.nan, "verified": float(result.verified.mean()),
+                                      "mean_rounds": float(result.rounds_used.mean()),
+                                      "ex_doc_ids": [d.doc_id for d in docs], "ex_correct": correct.tolist(),
+                                      "ex_gold_ll": [np.nan] * len(docs)}])
+            self.cell(task, "test", condition, compute, config=config.as_dict(), loop=dataclasses.asdict(settings),
+                      selected=selected_cell, **grid_spec)
+
+
+def run_vps(cfg: DictConfig, results: Path) -> dict[str, float]:
+    """Compute every missing cell of this job; returns counts and the chosen test deltas for W&B."""
+    check_request(cfg)
+    # The profile's `model` is the architecture (a mapping); only a name on the command line narrows.
+    narrowed = OmegaConf.create({"model": cfg.model if isinstance(cfg.get("model"), str) else None})
+    models = selected(narrowed, "model", cfg.vps.models)
+    tasks = selected(cfg, "task", cfg.tasks)
+    configs = grid(cfg)
+    for name in models:  # every model must exist before any work starts
+        zoo.resolve(name, Path(cfg.paths.models))
+    summary: dict[str, float] = {"computed": 0, "skipped": 0, "grid_size": len(configs), "pruned": prune_stale(results)}
+    for name in models:
+        job = Job(cfg, results, name)
+        check_layer_sets(cfg, job.adapter)
+        for task in tasks:
+            dev = job.dev_grid(task, configs)
+            if cfg.phase == "dev":
+                continue
+            row, base = job.test(task, configs, dev)
+            summary[f"{name}/{task}/test_delta_acc"] = float(row.acc - base.acc)
+            summary[f"{name}/{task}/latency_ratio"] = float(row.latency_ratio)
+            log.info("%s %s: chose %s %s r=%d gamma=%g %s on dev (acc %.3f); test acc %.3f vs base %.3f; "
+                     "latency x%.2f", name, task, row.builder, row.layer_set, row["rank"], row.gamma, row.policy,
+                     row.dev_acc, row.acc, base.acc, row.latency_ratio)
+        for k, v in job.counts.items():
+            summary[k] += v
+    return summary
+
+
+def prune_stale(results: Path) -> int:
+    """Drop cells written by code with another row schema, and temp files of killed writes."""
+    folder = results / "vps"
+    stale = list(folder.glob(".tmp-*.partial"))
+    for path in folder.glob("*.parquet"):
+        columns = pq.read_schema(path).names
+        if "schema" not in columns or pd.read_parquet(path, columns=["schema"]).schema.iloc[0] != ROW_SCHEMA:
+            stale.append(path)
+    for path in stale:
+        path.unlink()
+    return len(stale)
