@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from paramscope.evaluation.requests import Doc, encode_pair
+from paramscope.evaluation.requests import Doc, encode_pair, instances_by_doc
 from paramscope.evaluation.scorer import Scores, _device, _hidden, _unembed_log_probs
 
 # HFLM's fallback when the model's config names no window
@@ -60,12 +60,8 @@ class MultiContextDoc(Doc):
 def multiple_input_docs(task, tokenizer, indices: list[int]) -> tuple[MultiContextDoc, ...]:
     """Documents of an lm-eval `multiple_input` task whose requests are built (``task.instances``);
     the gold index is what lm-eval uses there, ``doc_to_text(doc)``."""
-    by_doc: dict[int, list] = {}
-    for inst in task.instances:
-        by_doc.setdefault(inst.doc_id, []).append(inst)
     docs = []
-    for doc_id in sorted(by_doc):
-        insts = sorted(by_doc[doc_id], key=lambda i: i.idx)
+    for doc_id, insts in instances_by_doc(task):
         pairs = [encode_pair(tokenizer, *inst.args) for inst in insts]
         contexts = tuple(tuple(ctx) for ctx, _ in pairs)
         docs.append(MultiContextDoc(

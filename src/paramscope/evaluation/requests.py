@@ -72,6 +72,14 @@ def eval_doc_count(task) -> int:
     return len(docs)
 
 
+def instances_by_doc(task) -> list[tuple[int, list]]:
+    """A built lm-eval task's requests grouped per document (by doc id), each group in choice order."""
+    by_doc: dict[int, list] = {}
+    for inst in task.instances:
+        by_doc.setdefault(inst.doc_id, []).append(inst)
+    return [(doc_id, sorted(by_doc[doc_id], key=lambda i: i.idx)) for doc_id in sorted(by_doc)]
+
+
 def build_docs(
     task_name: str,
     tokenizer,
@@ -99,12 +107,8 @@ def build_docs(
         from paramscope.evaluation.loglikelihood import multiple_input_docs
 
         return TaskDocs(task=task_name, split=split, docs=multiple_input_docs(task, tokenizer, indices))
-    by_doc: dict[int, list] = {}
-    for inst in task.instances:
-        by_doc.setdefault(inst.doc_id, []).append(inst)
     docs = []
-    for doc_id in sorted(by_doc):
-        insts = sorted(by_doc[doc_id], key=lambda i: i.idx)
+    for doc_id, insts in instances_by_doc(task):
         doc = insts[0].doc
         choices_text = task.doc_to_choice(doc)
         gold = task.doc_to_target(doc)
