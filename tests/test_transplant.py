@@ -167,12 +167,14 @@ def test_bad_k_is_refused(k):
 
 
 def test_gbr_is_undefined_where_the_gap_is_not_significant_after_bh():
-    rows = pd.DataFrame({"pair": ["a", "a", "b", "c"], "task": ["t"] * 4, "split": ["test"] * 4,
-                         "p_gap": [1e-6, 1e-6, 0.04, 0.3], "gbr": [0.5, 0.7, 2.0, 9.0],
-                         "gbr_ci_low": [0.1, 0.2, -3.0, -9.0], "gbr_ci_high": [0.9, 1.0, 9.0, 20.0]})
+    rows = pd.DataFrame({"pair": ["a", "a", "b", "c", "d"], "task": ["t"] * 5, "split": ["test"] * 5,
+                         "p_gap": [1e-6, 1e-6, 0.04, 0.3, 1e-6], "gbr": [0.5, 0.7, 2.0, 9.0, 0.4],
+                         "gbr_ci_low": [0.1, 0.2, -3.0, -9.0, 0.1], "gbr_ci_high": [0.9, 1.0, 9.0, 20.0, 0.8],
+                         "acc_clean": [0.5, 0.5, 0.5, 0.5, 0.9], "acc_donor": [0.9, 0.9, 0.6, 0.55, 0.5]})
     out = with_gap_significance(rows, fdr=0.05)
-    assert out["q_gap"].tolist() == pytest.approx([3e-6, 3e-6, 0.06, 0.3])  # one test per (pair, task)
-    assert out["gap_significant"].tolist() == [True, True, False, False]  # p = 0.04 alone would have passed
+    assert out["q_gap"].tolist() == pytest.approx([2e-6, 2e-6, 0.04 * 4 / 3, 0.3, 2e-6])  # one test per (pair, task)
+    # p = 0.04 alone would have passed; pair d's gap is significant but the wrong way (donor worse on test)
+    assert out["gap_significant"].tolist() == [True, True, False, False, False]
     assert out["gbr_reported"].tolist()[:2] == [0.5, 0.7] and out["gbr_reported"].iloc[2:].isna().all()
     assert out["gbr_reported_ci_high"].iloc[2:].isna().all() and out["gbr"].tolist() == rows["gbr"].tolist()
 

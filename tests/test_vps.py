@@ -270,3 +270,19 @@ def test_every_family_is_wrapped_reversibly_and_per_sequence(family):
     assert not torch.allclose(on, base, atol=1e-4)
     torch.testing.assert_close(on[0, :4], alone[0], rtol=1e-4, atol=1e-4)
     assert torch.equal(logits(model, ids, mask), base)
+
+
+def test_report_refuses_cells_of_two_checkpoints_or_two_settings():
+    import pandas as pd
+
+    from paramscope.errors import StudyError
+    from paramscope.report.vps import AXES, check_one_setting
+
+    point = {a: v for a, v in zip(AXES, ("sparse", 2, 0.1, "all", "fixed"))}
+    base = {"model": "m", "task": "t", "split": "dev", "condition": "base"}
+    grid = {**base, "condition": "grid", **point, "tau": 0.8, "clamp": None, "ridge": 1.0, "lo_ratio": 0.0}
+    check_one_setting(pd.DataFrame([base, grid]))  # one of each: fine
+    with pytest.raises(StudyError, match="different settings or weights"):
+        check_one_setting(pd.DataFrame([base, base, grid]))
+    with pytest.raises(StudyError, match="different settings or weights"):
+        check_one_setting(pd.DataFrame([base, grid, {**grid, "tau": 0.5}]))

@@ -13,7 +13,7 @@ from paramscope.ablation.pairs import PAIR_GROUPS, pair_map
 from paramscope.ablation.weights import WEIGHT_GROUPS, WEIGHT_OPS
 from paramscope.errors import StudyError, check_choice
 from paramscope.evaluation.scorer import score
-from paramscope.evaluation.tasks import task_docs
+from paramscope.evaluation.tasks import split_definition, task_docs
 from paramscope.models import zoo
 from paramscope.models.adapters import get_adapter
 from paramscope.store import cell_key, cell_path, write_cell
@@ -82,7 +82,8 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
                                 selected_on="dev")
                 if cfg.op in STAT_OPS:
                     spec["reference"] = "dev/last-context-position"
-                key = prefix + cell_key(stage="ablate", schema=ROW_SCHEMA, digest=digest, task=task, split=split, seed=cfg.seed,
+                key = prefix + cell_key(stage="ablate", schema=ROW_SCHEMA, digest=digest, task=task, split=split,
+                                        **split_definition(cfg), seed=cfg.seed,
                                         n_resamples=cfg.ablate.n_resamples, **spec)
                 path = cell_path("ablate", key, results)
                 planned.add(path)
@@ -98,7 +99,8 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
                 else:
                     df = ablation_map(adapter, docs, cfg.group, cfg.op, value, clean, cfg.ablate.n_resamples,
                                       cfg.seed, cfg.eval.batch_size, cfg.ablate.neuron_block, reference, bins)
-                meta = {"model": name, "digest": digest, "task": task, "split": split, "cell": key}
+                meta = {"model": name, "digest": digest, "task": task, "split": split, "cell": key,
+                        **split_definition(cfg)}
                 write_cell(pd.concat([pd.DataFrame([meta] * len(df)), df], axis=1), path)
                 counts["computed"] += 1
                 log.info("%s %s/%s %s: worst delta_acc %.3f", name, task, split, cfg.group, df.delta_acc.min())

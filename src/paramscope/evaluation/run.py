@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from paramscope.evaluation.scorer import Scores, score
-from paramscope.evaluation.tasks import task_docs
+from paramscope.evaluation.tasks import split_definition, task_docs
 from paramscope.models import zoo
 from paramscope.store import cell_key, cell_path, write_cell
 
@@ -34,7 +34,7 @@ def evaluate_model(cfg: DictConfig, name: str, results: Path) -> int:
     written = 0
     for task in cfg.tasks:
         for split in cfg.splits:
-            key = cell_key(stage="eval", digest=digest, task=task, split=split)
+            key = cell_key(stage="eval", digest=digest, task=task, split=split, **split_definition(cfg))
             path = cell_path("eval", key, results)
             if path.exists():
                 continue

@@ -22,9 +22,18 @@ def _cached_docs(name: str, include: str | None, tokenizer_key: str, tokenizer, 
     return build_docs(name, tokenizer, split, seed, frac, include)
 
 
+def dev_fraction(cfg: DictConfig) -> float:
+    return float((cfg.get("suite") or {}).get("dev_fraction", cfg.get("dev_fraction", 0.5)))  # paper: suite null
+
+
+def split_definition(cfg: DictConfig) -> dict[str, float | int]:
+    """What decides which documents are dev and which are test. Every result cell's key carries it:
+    a changed split must never reuse cells (or dev choices) made on the old one."""
+    return {"split_seed": int(cfg.seed), "dev_fraction": dev_fraction(cfg)}
+
+
 def task_docs(cfg: DictConfig, task: str, split: str, tokenizer) -> TaskDocs:
     """The split's documents, built once per (task, split, tokenizer) within a process."""
     name, include = lm_eval_task(cfg, task)
-    frac = float((cfg.get("suite") or {}).get("dev_fraction", cfg.get("dev_fraction", 0.5)))  # paper: suite null
     key = tokenizer.name_or_path + str(len(tokenizer))
-    return _cached_docs(name, include, key, tokenizer, split, int(cfg.seed), frac)
+    return _cached_docs(name, include, key, tokenizer, split, int(cfg.seed), dev_fraction(cfg))

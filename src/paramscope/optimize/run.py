@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 from tqdm import tqdm
@@ -32,7 +33,7 @@ from paramscope.ablation.run import selected
 from paramscope.errors import StudyError, check_choice
 from paramscope.evaluation.requests import Doc
 from paramscope.evaluation.scorer import Scores, score
-from paramscope.evaluation.tasks import task_docs
+from paramscope.evaluation.tasks import split_definition, task_docs
 from paramscope.models import zoo
 from paramscope.models.adapters import Adapter, get_adapter
 from paramscope.optimize.candidates import (
@@ -85,6 +86,7 @@ class Plan:
     n_random_orders: int
     n_resamples: int
     seed: int
+    split: dict = field(default_factory=dict)  # which documents are dev and test (`split_definition`)
 
     @classmethod
     def from_cfg(cls, cfg: DictConfig) -> Plan:
@@ -110,7 +112,8 @@ class Plan:
         return cls(k=k, settings=settings, methods=tuple(o.methods), groups=tuple(o.groups),
                    neuron_block=int(cfg.ablate.neuron_block), n_controls=int(o.n_controls),
                    compress_groups=tuple(o.compress_groups), fractions=tuple(sorted(set(fractions))),
-                   n_random_orders=int(o.n_random_orders), n_resamples=int(o.n_resamples), seed=int(cfg.seed))
+                   n_random_orders=int(o.n_random_orders), n_resamples=int(o.n_resamples), seed=int(cfg.seed),
+                   split=split_definition(cfg))
 
     @property
     def tag(self) -> str:
@@ -122,11 +125,19 @@ def profile_path(results: Path, model: str, task: str, plan: Plan) -> Path:
     return results / STAGE / "profiles" / model / f"{task}-{plan.tag}.json"
 
 
-def load_atlas(results: Path) -> pd.DataFrame:
+def load_atlas(results: Path, split: dict) -> pd.DataFrame:
+    """The atlas rows made on the current dev/test split: rows of another split would let documents
+    that are test documents now steer the candidate ranking."""
     try:
-        return load_results("ablate", results)
+        atlas = load_results("ablate", results)
     except FileNotFoundError as e:
         raise StudyError(f"{e}; the profile search ranks its candidates by the atlas") from None
+    same = np.ones(len(atlas), dtype=bool)
+    for key, value in split.items():
+        same &= (atlas[key] == value).to_numpy() if key in atlas else False
+    if not same.any():
+        raise StudyError(f"no atlas rows were made on the current dev/test split ({split}); rerun the ablate stage")
+    return atlas[same]
 
 
 def paired(clean: Scores, scored: Scores, plan: Plan) -> dict:
@@ -163,6 +174,7 @@ class ModelJob:
 
     def _cell(self, kind: str, prefix: str, **spec: object) -> tuple[str, Path]:
         key = prefix + cell_key(stage=STAGE, kind=kind, schema=ROW_SCHEMA, digest=self.digest, seed=self.plan.seed,
+                                **self.plan.split,
                                 n_resamples=self.plan.n_resamples, **spec)
         path = cell_path(STAGE, key, self.results)
         self.planned.add(path)
@@ -290,7 +302,7 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, float]:
     tasks = selected(cfg, "task", cfg.tasks)
     for model in models:  # every input must exist before any work starts
         zoo.resolve(model, Path(cfg.paths.models))
-    atlas = load_atlas(results)
+    atlas = load_atlas(results, plan.split)
     summary: dict[str, float] = {}
     planned: set[Path] = set()
     counts = {"computed": 0, "skipped": 0}

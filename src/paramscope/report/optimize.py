@@ -72,6 +72,13 @@ def load(results: Path) -> pd.DataFrame:
     missing = [k for k in KINDS if k not in set(df.kind)]
     if missing:
         raise StudyError(f"optimize results lack {', '.join(missing)} cells; rerun the 'optimize' stage")
+    # Cells of another checkpoint, or compression curves of another seed (another dev/test split), would
+    # be paired or pooled with these document by document: refuse them rather than mix them.
+    checkpoints = df.groupby("model")["digest"].nunique()
+    fixed = df[(df.kind == "compress") & (df.ordering != "random")]
+    if (checkpoints > 1).any() or fixed.duplicated(["model", "task", "group", "ordering", "fraction", "split"]).any():
+        raise StudyError("results/optimize mixes cells of several checkpoints or seeds; delete the stale cells "
+                         "(or results/optimize) and rerun the 'optimize' stage")
     return df
 
 

@@ -22,6 +22,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
+from paramscope.errors import StudyError
 from paramscope.report import latex as tex
 from paramscope.report.output import write_json, write_text
 from paramscope.report.style import colors, new_figure, paper_style, save_pdf
@@ -500,7 +501,15 @@ def build_metrics(rep: Report) -> dict[str, float | int | None]:
 
 def report(cfg: DictConfig, results: Path, out: Path) -> dict:
     """Write macros.tex, tables/, figures/ and metrics.json of the transplant topic into ``out``."""
-    rep = Report(cfg, load_results("transplant", root=results, with_examples=True))
+    rows = load_results("transplant", root=results, with_examples=True)
+    # Cells of an older checkpoint of a model (kept under a K or alpha no longer in the grid) would be
+    # chosen among and paired as if they were the same model: refuse them.
+    checkpoints = pd.concat([rows[["model", "digest"]],
+                             rows[["donor", "donor_digest"]].set_axis(["model", "digest"], axis=1)])
+    if (checkpoints.drop_duplicates().groupby("model").size() > 1).any():
+        raise StudyError("results/transplant holds cells of several checkpoints of one model; delete the stale "
+                         "cells (or results/transplant) and rerun the 'transplant' stage")
+    rep = Report(cfg, rows)
     write_text(out / "macros.tex", tex.macros_tex(build_macros(rep)))
     for name, text in (("summary", summary_table(rep)), ("controls", controls_table(rep)),
                        ("paper", paper_table(rep))):

@@ -14,6 +14,7 @@ import pandas as pd
 import seaborn as sns
 from omegaconf import DictConfig
 
+from paramscope.errors import StudyError
 from paramscope.report import latex as tex
 from paramscope.report.output import write_csv, write_json, write_text
 from paramscope.report.style import new_figure, paper_style, save_pdf
@@ -38,6 +39,18 @@ def paired(reference: pd.Series, treated: pd.Series, n_resamples: int, level: fl
     delta, low, high = paired_bootstrap_ci(a, b, n_resamples=n_resamples, level=level, seed=seed)
     p = mcnemar_exact(a.astype(int), b.astype(int)) if column == "ex_correct" else float("nan")
     return {"delta": delta, "low": low, "high": high, "p": p, "n": len(a)}
+
+
+def check_one_setting(df: pd.DataFrame) -> None:
+    """Cells made under other fixed settings (tau, clamp, ridge, ...) for the same grid point would be
+    averaged and chosen among as if they were one experiment: refuse them instead."""
+    base = df[df.condition == "base"]
+    two_bases = base.duplicated(["model", "task", "split"], keep=False).any()  # two checkpoints of a model
+    grid = df[df.condition == "grid"]
+    settings = grid.groupby(["model", "task", "split", *AXES], dropna=False)[["tau", "clamp", "ridge", "lo_ratio"]]
+    if two_bases or (settings.nunique(dropna=False) > 1).any(axis=None):
+        raise StudyError("results/vps holds cells of one grid point made under different settings or weights; "
+                         "delete results/vps (or the stale cells) and rerun the vps stage")
 
 
 def dev_grid(df: pd.DataFrame) -> pd.DataFrame:
@@ -266,6 +279,7 @@ def metrics(ch: pd.DataFrame, vt: pd.DataFrame, grid: pd.DataFrame, s: DictConfi
 def report(cfg: DictConfig, results: Path, out: Path) -> dict:
     s = cfg.report
     df = load_results("vps", results, with_examples=True)
+    check_one_setting(df)
     grid = dev_grid(df)
     ch = chosen(df, s, int(cfg.seed))
     vt = verification(df, ch, s, int(cfg.seed))

@@ -31,7 +31,7 @@ from scipy import stats
 from paramscope.ablation.run import selected
 from paramscope.errors import StudyError, check_choice
 from paramscope.evaluation.scorer import Scores, score
-from paramscope.evaluation.tasks import task_docs
+from paramscope.evaluation.tasks import split_definition, task_docs
 from paramscope.models import zoo
 from paramscope.models.adapters import Adapter, get_adapter, weight_in_out
 from paramscope.store import cell_key, cell_path, write_cell
@@ -288,7 +288,7 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, float]:
     summary: dict[str, float] = {}
     job = f"fdr{float(cfg.fdr):g}-tol{float(cfg.tolerance):g}-"
     spec = {"fdr": float(cfg.fdr), "tolerance": float(cfg.tolerance), "thresholds": [float(t) for t in s.thresholds],
-            "tasks": tasks, "seed": int(cfg.seed), "decompose_docs": int(s.decompose_docs)}
+            "tasks": tasks, "seed": int(cfg.seed), "decompose_docs": int(s.decompose_docs), **split_definition(cfg)}
 
     planned: set[Path] = set()
 

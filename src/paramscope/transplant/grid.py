@@ -26,7 +26,7 @@ from paramscope.data.splits import check_split
 from paramscope.errors import StudyError, check_choice
 from paramscope.evaluation.requests import Doc
 from paramscope.evaluation.scorer import Scores, score
-from paramscope.evaluation.tasks import task_docs
+from paramscope.evaluation.tasks import split_definition, task_docs
 from paramscope.models import zoo
 from paramscope.stats import (
     MIN_RESAMPLES,
@@ -304,7 +304,7 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
     t = cfg.transplant
     splits = [s for s in ("dev", "test") if s in (*t.splits, *t.control_splits)]
     settings = {"stage": "transplant", "schema": ROW_SCHEMA, "seed": cfg.seed, "n_resamples": t.n_resamples,
-                "workload": WORKLOAD, "alpha": alpha}
+                "workload": WORKLOAD, "alpha": alpha, **split_definition(cfg)}
     counts = {"computed": 0, "skipped": 0, "k_too_large": 0, "exported": 0}
     planned: set[Path] = set()
     prefixes: set[str] = set()

@@ -24,7 +24,8 @@ def with_gap_significance(rows: pd.DataFrame, fdr: float = 0.05) -> pd.DataFrame
     for idx in gaps.groupby("split").groups.values():
         gaps.loc[idx, "q_gap"] = benjamini_hochberg(gaps.loc[idx, "p_gap"].to_numpy(float))
     out = rows.merge(gaps[[*GAP_KEYS, "q_gap"]], on=GAP_KEYS, how="left")
-    out["gap_significant"] = out["q_gap"] < fdr
+    # the donor was chosen on dev; a gap that is significant the other way on test is no gap to recover
+    out["gap_significant"] = (out["q_gap"] < fdr) & (out["acc_donor"] > out["acc_clean"])
     for col in ("gbr", "gbr_ci_low", "gbr_ci_high"):
         out[col.replace("gbr", "gbr_reported", 1)] = out[col].where(out["gap_significant"])
     return out

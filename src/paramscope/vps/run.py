@@ -26,7 +26,7 @@ from paramscope.ablation.run import selected
 from paramscope.errors import StudyError, check_choice
 from paramscope.evaluation.requests import Doc
 from paramscope.evaluation.scorer import Scores, score
-from paramscope.evaluation.tasks import task_docs
+from paramscope.evaluation.tasks import split_definition, task_docs
 from paramscope.models import zoo
 from paramscope.models.adapters import get_adapter
 from paramscope.store import cell_key, cell_path, write_cell
@@ -117,6 +117,7 @@ class Job:
 
     def cell(self, task: str, split: str, condition: str, compute, **spec: object) -> pd.DataFrame:
         key = cell_key(stage="vps", schema=ROW_SCHEMA, digest=self.digest, task=task, split=split, seed=self.cfg.seed,
+                       **split_definition(self.cfg),
                        condition=condition, **spec)
         path = cell_path("vps", key, self.results)
         if path.exists():
@@ -193,8 +194,10 @@ def run_vps(cfg: DictConfig, results: Path) -> dict[str, float]:
     for name in models:  # every model must exist before any work starts
         zoo.resolve(name, Path(cfg.paths.models))
     summary: dict[str, float] = {"computed": 0, "skipped": 0, "grid_size": len(configs), "pruned": prune_stale(results)}
-    for name in models:
-        job = Job(cfg, results, name)
+    jobs = [Job(cfg, results, name) for name in models]
+    summary["pruned"] += prune_other_weights(results, {job.name: job.digest for job in jobs})
+    for job in jobs:
+        name = job.name
         check_layer_sets(cfg, job.adapter)
         for task in tasks:
             dev = job.dev_grid(task, configs)
@@ -209,6 +212,19 @@ def run_vps(cfg: DictConfig, results: Path) -> dict[str, float]:
         for k, v in job.counts.items():
             summary[k] += v
     return summary
+
+
+def prune_other_weights(results: Path, digests: dict[str, str]) -> int:
+    """Drop the cells of these models made for other weights (a retrained model): the report pairs
+    every cell with its model's base cells, so two checkpoints' cells must never mix."""
+    stale = []
+    for path in (results / "vps").glob("*.parquet"):
+        row = pd.read_parquet(path, columns=["model", "digest"]).iloc[0]
+        if row.model in digests and row.digest != digests[row.model]:
+            stale.append(path)
+    for path in stale:
+        path.unlink()
+    return len(stale)
 
 
 def prune_stale(results: Path) -> int:
