@@ -58,7 +58,7 @@ def test_repro_builds_every_output(study):
                                  "random", "pairs"}
     assert set(ablate.op) == {"zero", "scale", "mean", "noise", "resample"}
     assert set(ablate.model) == {"scratch", "gen2", "tuned"}
-    for topic in ("transplant", "structure", "optimize"):
+    for topic in ("transplant", "structure", "optimize", "vps"):
         assert any((study / "results" / topic).glob("*.parquet")), topic
         assert (study / "reports" / topic / "macros.tex").is_file(), topic
     screened = (ablate.op == "zero") & ablate.group.isin(["heads", "neurons"])
