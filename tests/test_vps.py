@@ -286,3 +286,20 @@ def test_report_refuses_cells_of_two_checkpoints_or_two_settings():
         check_one_setting(pd.DataFrame([base, base, grid]))
     with pytest.raises(StudyError, match="different settings or weights"):
         check_one_setting(pd.DataFrame([base, grid, {**grid, "tau": 0.5}]))
+
+
+def test_a_whole_grid_run_prunes_the_cells_it_did_not_plan(tmp_path):
+    from omegaconf import OmegaConf
+
+    from paramscope.vps.run import prune_unplanned, whole_grid
+
+    folder = tmp_path / "vps"
+    folder.mkdir()
+    kept, stale = folder / "a.parquet", folder / "b.parquet"
+    kept.write_bytes(b"x")
+    stale.write_bytes(b"x")
+    assert prune_unplanned(tmp_path, {kept}) == 1
+    assert kept.exists() and not stale.exists()
+    assert whole_grid(OmegaConf.create({"model": {"family": "gpt_neox"}, "task": None}))  # a profile's model mapping
+    assert not whole_grid(OmegaConf.create({"model": "scratch", "task": None}))
+    assert not whole_grid(OmegaConf.create({"model": None, "task": "kv"}))

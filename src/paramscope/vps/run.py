@@ -114,12 +114,14 @@ class Job:
         self.digest = zoo.digest(self.model)
         self.batch = int(cfg.eval.batch_size)
         self.counts = {"computed": 0, "skipped": 0}
+        self.planned: set[Path] = set()
 
     def cell(self, task: str, split: str, condition: str, compute, **spec: object) -> pd.DataFrame:
         key = cell_key(stage="vps", schema=ROW_SCHEMA, digest=self.digest, task=task, split=split, seed=self.cfg.seed,
                        **split_definition(self.cfg),
                        condition=condition, **spec)
         path = cell_path("vps", key, self.results)
+        self.planned.add(path)
         if path.exists():
             self.counts["skipped"] += 1
             return pd.read_parquet(path)
@@ -211,7 +213,29 @@ def run_vps(cfg: DictConfig, results: Path) -> dict[str, float]:
                      row.dev_acc, row.acc, base.acc, row.latency_ratio)
         for k, v in job.counts.items():
             summary[k] += v
+    if whole_grid(cfg) and cfg.phase != "dev":
+        summary["pruned"] += prune_unplanned(results, set().union(*(job.planned for job in jobs)))
     return summary
+
+
+def whole_grid(cfg: DictConfig) -> bool:
+    """A plain run over every model and task (what `dvc repro` runs): it plans every cell there is, so
+    any other cell is stale. A multirun job sees only its sub-grid and prunes nothing."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        multirun = HydraConfig.get().mode.name == "MULTIRUN"
+    except ValueError:  # not under @hydra.main
+        multirun = False
+    return not multirun and not isinstance(cfg.get("model"), str) and cfg.get("task") is None
+
+
+def prune_unplanned(results: Path, planned: set[Path]) -> int:
+    """Drop the cells that this whole-grid run did not plan (another split, setting or grid)."""
+    stale = [p for p in (results / "vps").glob("*.parquet") if p not in planned]
+    for path in stale:
+        path.unlink()
+    return len(stale)
 
 
 def prune_other_weights(results: Path, digests: dict[str, str]) -> int:
