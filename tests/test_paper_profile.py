@@ -121,6 +121,30 @@ def _hub_snapshot(cache: Path, repo: str, revision: str, model, tokenizer) -> Pa
     return snapshot
 
 
+def test_offline_fetch_finds_a_snapshot_already_in_the_hub_cache(tmp_path, monkeypatch):
+    """A machine that fetched once can rebuild offline: the pinned ref resolves in the hub cache."""
+    import huggingface_hub.constants as hf_constants
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--EleutherAI--pythia-410m"
+    commit = "a" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "step143000").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot / "model.safetensors").write_bytes(b"weights")
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    pin = OmegaConf.create({"repo": "EleutherAI/pythia-410m", "revision": "step143000"})
+    assert hub.fetch_baseline("pythia-410m", pin, tmp_path / "dest") == {"repo": pin.repo, "revision": pin.revision}
+    assert (tmp_path / "dest" / "model.safetensors").read_bytes() == b"weights"
+    other = OmegaConf.create({"repo": "EleutherAI/pythia-410m", "revision": "step36000"})  # not cached
+    with pytest.raises(StudyError, match="cannot fetch baseline 'pythia-410m'"):
+        hub.fetch_baseline("pythia-410m", other, tmp_path / "other")
+    assert not (tmp_path / "other").exists()
+
+
 def test_baselines_load_from_local_hub_snapshot_folders(smoke_suite, tmp_path):
     _, data = smoke_suite
     tok = AutoTokenizer.from_pretrained(data / "tokenizer")

@@ -31,14 +31,15 @@ def fetch_baseline(name: str, pin: DictConfig, dest: Path) -> dict:
             from huggingface_hub import snapshot_download
 
             try:
-                snapshot_download(
-                    repo_id=pin.repo, revision=pin.revision, local_dir=tmp, allow_patterns=ALLOW_PATTERNS
-                )
-            except Exception as e:  # offline, unknown repo or revision: all mean the same to the user
+                # Into the hub cache, then copied: offline (HF_HUB_OFFLINE=1) a snapshot already in the
+                # cache is found there, which a download straight into a folder would not do.
+                cached = snapshot_download(repo_id=pin.repo, revision=pin.revision, allow_patterns=ALLOW_PATTERNS)
+            except Exception as e:  # noqa: BLE001 -- offline, unknown repo or revision: all mean the same to the user
                 raise StudyError(
                     f"cannot fetch baseline '{name}' ({pin.repo}@{pin.revision}): {type(e).__name__}; "
                     f"with no hub access, set baselines.{name}.local_dir to a local model folder"
                 ) from None
+            shutil.copytree(cached, tmp, dirs_exist_ok=True)
             source = {"repo": pin.repo, "revision": pin.revision}
         if not any(tmp.glob("*.safetensors")):
             raise StudyError(f"baseline '{name}' has no safetensors weights; only safetensors are loaded")
