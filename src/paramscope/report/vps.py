@@ -41,6 +41,24 @@ def paired(reference: pd.Series, treated: pd.Series, n_resamples: int, level: fl
     return {"delta": delta, "low": low, "high": high, "p": p, "n": len(a)}
 
 
+def axis_means(mean: pd.DataFrame) -> pd.DataFrame:
+    """Mean dev change per value of each grid axis (over every other axis), best value first."""
+    rows = [{"axis": axis, "value": f"{value:g}" if isinstance(value, float) else str(value),
+             "delta_acc": part.delta_acc.mean(), "n_configs": len(part)}
+            for axis in AXES for value, part in mean.groupby(axis)]
+    out = pd.DataFrame(rows)
+    return out.sort_values(["axis", "delta_acc"], ascending=[True, False], kind="mergesort").reset_index(drop=True)
+
+
+def axes_table(mean: pd.DataFrame) -> str:
+    rows = []
+    for axis, part in axis_means(mean).groupby("axis", sort=False):
+        rows.append(None)
+        rows += [[tex.escape(axis), tex.escape(r.value), tex.integer(r.n_configs), tex.pct(r.delta_acc, 2)]
+                 for r in part.itertuples()]
+    return tex.booktabs(["Axis", "Value", "Configurations", r"Mean $\Delta$ acc (pp)"], rows, "llrr")
+
+
 def check_one_setting(df: pd.DataFrame) -> None:
     """Cells made under other fixed settings (tau, clamp, ridge, ...) for the same grid point would be
     averaged and chosen among as if they were one experiment: refuse them instead."""
@@ -207,6 +225,11 @@ def macros(grid: pd.DataFrame, ch: pd.DataFrame, vt: pd.DataFrame, s: DictConfig
     for col in ("builder", "layer_set", "policy"):
         for value, part in mean.groupby(col):
             add(tex.pct(part.delta_acc.mean(), 2), "DevMeanDelta", value)
+    # Per axis, the values with the best and the worst mean change: names that exist for any grid.
+    for axis, by_value in axis_means(mean).groupby("axis", sort=False):
+        for which, row in (("Best", by_value.iloc[0]), ("Worst", by_value.iloc[-1])):
+            add(tex.escape(row.value), "Dev", axis, which)
+            add(tex.pct(row.delta_acc, 2), "Dev", axis, which, "Delta")
     add(tex.pct(grid.delta_acc.max()), "DevMaxCellDelta")
     add(tex.pct(grid.delta_acc.min()), "DevMinCellDelta")
     add(tex.integer(len(ch)), "NCells")
@@ -287,6 +310,7 @@ def report(cfg: DictConfig, results: Path, out: Path) -> dict:
         gamma_figure(grid, out)
         overhead_figure(ch, out)
     write_text(out / "tables" / "test.tex", test_table(ch))
+    write_text(out / "tables" / "axes.tex", axes_table(grid.groupby(AXES, as_index=False).delta_acc.mean()))
     if len(vt):
         write_text(out / "tables" / "verify.tex", verify_table(vt))
     write_csv(grid, out / "data" / "dev_grid.csv")
