@@ -360,3 +360,12 @@ def test_pairs_are_chosen_on_dev_and_measure_non_additivity(grid):
 def score_with(adapter, docs, specs) -> float:
     with apply(adapter, specs):
         return float(score(adapter.model, docs).correct.mean())
+
+
+def test_ffn_is_the_neuron_blocks_under_another_name(grid):
+    from paramscope.ablation.run import run_grid
+
+    make, results = grid
+    first = run_grid(make("group=neurons"), results)
+    again = run_grid(make("group=ffn"), results)  # the same maps: found, not recomputed
+    assert again["skipped"] == first["computed"] + first["skipped"] and again["computed"] == 0

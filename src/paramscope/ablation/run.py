@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from paramscope.ablation.atlas import MAP_GROUPS, MAP_OPS, STAT_OPS, ablation_map
 from paramscope.ablation.pairs import PAIR_GROUPS, pair_map
@@ -36,6 +36,7 @@ def selected(cfg: DictConfig, key: str, default: list) -> list[str]:
 
 # `pairs`: every pair of the top units of a zero map (chosen on dev), ablated jointly (non-additivity).
 GRID_GROUPS = (*MAP_GROUPS, "pairs")
+GROUP_ALIASES = {"ffn": "neurons"}  # `group=heads,ffn`: the FFN neuron blocks under their everyday name
 
 
 def check_request(cfg: DictConfig) -> None:
@@ -58,6 +59,8 @@ def check_request(cfg: DictConfig) -> None:
 
 def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
     """Compute every missing map of this job; finished maps are found by key and skipped."""
+    if cfg.group in GROUP_ALIASES:  # one name in keys and rows, whichever the user typed
+        cfg = OmegaConf.merge(cfg, {"group": GROUP_ALIASES[cfg.group]})
     check_request(cfg)
     models = selected(cfg, "model", cfg.ablate.models)
     tasks = selected(cfg, "task", cfg.ablate.get("tasks") or cfg.tasks)  # paper: lambada has no single answer
