@@ -135,6 +135,7 @@ def test_grid_killed_midway_resumes_without_recomputing(study, tmp_path):
         df = pd.concat(pd.read_parquet(p) for p in folder.glob("*.parquet"))
         df = df[(df.op == "zero") & df.group.isin(["heads", "layers", "neurons"])].copy()
         df = df.dropna(axis=1, how="all")  # columns that only other groups' rows have (pairs, weights)
+        df = df[sorted(df.columns)]
         for col in [c for c in df.columns if c.startswith("ex_")]:
             df[col] = df[col].map(tuple)
         return df.sort_values(["model", "task", "split", "group", "layer", "unit"]).reset_index(drop=True)
