@@ -31,6 +31,21 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
+def smoke_test_docs(data: Path, limit: int) -> tuple[tuple, int]:
+    """The first `limit` test documents of every synthetic task, and the tokenizer's vocabulary size."""
+    from transformers import AutoTokenizer
+
+    from paramscope.data.lm_eval_tasks import lm_eval_name
+    from paramscope.data.synthetic import TASKS
+    from paramscope.evaluation.requests import build_docs
+
+    tok = AutoTokenizer.from_pretrained(data / "tokenizer")
+    found = []
+    for task in TASKS:
+        found += build_docs(lm_eval_name(task), tok, "test", seed=0, include_path=data / "tasks", limit=limit).docs
+    return tuple(found), len(tok)
+
+
 @pytest.fixture(scope="session")
 def smoke_suite(tmp_path_factory):
     """The smoke profile's data folder (tokenizer, lm-eval tasks, training mixtures)."""

@@ -34,16 +34,8 @@ ATOL = 1e-5
 FAMILIES = ["gpt_neox", "gpt2"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module", params=FAMILIES)
-def setup(request, one_thread):
+def setup(request):
     adapter = get_adapter(tiny_random_model(request.param, seed=3))
     ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
     return adapter, ids

@@ -7,14 +7,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import numpy as np
 import pytest
-from transformers import AutoTokenizer
+from conftest import smoke_test_docs
 
 from paramscope.ablation.engine import fast_map
 from paramscope.ablation.interventions import UnitSpec, apply
 from paramscope.ablation.units import unit_specs
-from paramscope.data.lm_eval_tasks import lm_eval_name
-from paramscope.data.synthetic import TASKS
-from paramscope.evaluation.requests import Doc, build_docs
+from paramscope.evaluation.requests import Doc
 from paramscope.evaluation.scorer import score
 from paramscope.models.adapters import get_adapter
 from paramscope.models.random_models import tiny_random_model
@@ -28,13 +26,9 @@ MAPS = [(group, op, value) for group in ("heads", "neurons", "attn", "mlp", "lay
 
 @pytest.fixture(scope="module")
 def docs(smoke_suite):
-    _, data = smoke_suite
-    tok = AutoTokenizer.from_pretrained(data / "tokenizer")
-    found = []
-    for task in TASKS:
-        found += build_docs(lm_eval_name(task), tok, "test", seed=0, include_path=data / "tasks", limit=5).docs
+    found, vocab = smoke_test_docs(smoke_suite[1], limit=5)
     assert all(len(c) == 1 for d in found for c in d.choices)  # the synthetic tasks: single-token path
-    return tuple(found), len(tok)
+    return found, vocab
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -131,7 +125,7 @@ def test_rejects_what_gates_cannot_express(setup):
 def test_a_block_that_does_not_add_up_falls_back_to_re_running_it(docs, monkeypatch, caplog):
     """The engine checks its rebuilt block output bit for bit against the clean one; a family whose
     block is not what it expects (here: the wrong norm named in front of the MLP) is re-run whole."""
-    import paramscope.ablation.engine as engine
+    from paramscope.ablation import engine
 
     found, vocab = docs
     adapter = get_adapter(tiny_random_model("gpt2", seed=1, vocab_size=vocab))

@@ -18,17 +18,8 @@ from paramscope.models.random_models import FAMILIES, tiny_random_model
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models are fastest single-threaded; on a busy CPU extra threads only contend (100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module", params=FAMILIES)
-def setup(request, one_thread):
+def setup(request):
     adapter = get_adapter(tiny_random_model(request.param))
     ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

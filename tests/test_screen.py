@@ -10,15 +10,13 @@ from copy import deepcopy
 import numpy as np
 import pytest
 import torch
+from conftest import smoke_test_docs
 from scipy.stats import spearmanr
-from transformers import AutoTokenizer
 
 from paramscope.ablation.engine import fast_map
 from paramscope.ablation.screen import attribution_screen, gate_gradients, gated_metric
 from paramscope.ablation.units import unit_specs
-from paramscope.data.lm_eval_tasks import lm_eval_name
-from paramscope.data.synthetic import TASKS
-from paramscope.evaluation.requests import Doc, build_docs
+from paramscope.evaluation.requests import Doc
 from paramscope.evaluation.scorer import score
 from paramscope.models.adapters import get_adapter
 from paramscope.models.random_models import tiny_random_model
@@ -26,12 +24,7 @@ from paramscope.models.random_models import tiny_random_model
 
 @pytest.fixture(scope="module")
 def docs(smoke_suite):
-    _, data = smoke_suite
-    tok = AutoTokenizer.from_pretrained(data / "tokenizer")
-    found = []
-    for task in TASKS:
-        found += build_docs(lm_eval_name(task), tok, "test", seed=0, include_path=data / "tasks", limit=10).docs
-    return tuple(found), len(tok)
+    return smoke_test_docs(smoke_suite[1], limit=10)
 
 
 def model(family, vocab, seed=0):
