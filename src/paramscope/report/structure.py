@@ -135,7 +135,7 @@ def _figure_indistinguishable(tests: pd.DataFrame, models: list[str], path: Path
 
 def _figure_annealing(anneal: pd.DataFrame, models: list[str], path: Path) -> None:
     curves = anneal[anneal.row_type == "curve"].drop_duplicates(["model", "method", "step"])
-    palette = dict(zip(("anneal", "magnitude"), colors(["anneal", "magnitude"]).values()))
+    palette = colors(["anneal", "magnitude"])
     with paper_style():
         fig = new_figure(TEXT_WIDTH, 3.6)
         axes = fig.subplots(2, len(models), sharex=True, squeeze=False)
@@ -170,7 +170,7 @@ def _method_legend(fig: Figure, palette: dict) -> None:
 
 def _figure_components(components: pd.DataFrame, models: list[str], path: Path) -> None:
     curve = components[components.row_type == "curve"]
-    palette = dict(zip(("anneal", "magnitude"), colors(["anneal", "magnitude"]).values()))
+    palette = colors(["anneal", "magnitude"])
     with paper_style():
         fig = new_figure(TEXT_WIDTH, 3.6)
         axes = fig.subplots(2, len(models), sharex=True, squeeze=False)
