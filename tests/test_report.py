@@ -398,3 +398,25 @@ def test_stages_run_end_to_end_and_fail_in_one_line(results, tmp_path):
     assert failed.returncode == 2
     lines = failed.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("paramscope: error: no eval results")
+
+
+def test_jittered_figures_are_the_same_bytes_on_every_draw():
+    """seaborn's strip-plot jitter comes from numpy's global generator; paper_style seeds it per block."""
+    import io
+
+    import seaborn as sns
+
+    from paramscope.report.style import new_figure, paper_style
+
+    data = pd.DataFrame({"x": ["a"] * 20 + ["b"] * 20, "y": np.linspace(0, 1, 40)})
+
+    def draw() -> bytes:
+        np.random.seed(None)  # whatever state the caller left behind
+        with paper_style():
+            fig = new_figure(3, 2)
+            sns.stripplot(data, x="x", y="y", jitter=0.3, ax=fig.subplots())
+            buf = io.BytesIO()
+            fig.savefig(buf, format="pdf", metadata={"CreationDate": None})
+        return buf.getvalue()
+
+    assert draw() == draw()

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import matplotlib as mpl
+import numpy as np
 import seaborn as sns
 from matplotlib.figure import Figure
 
@@ -37,8 +38,15 @@ def paper_style() -> Iterator[None]:
         "svg.hashsalt": "paramscope",
         "figure.constrained_layout.use": True,
     }
-    with mpl.rc_context(rc):
-        yield
+    # seaborn draws strip-plot jitter from numpy's global generator: seed it for the block (and put
+    # the caller's state back), so every figure is the same bytes on every rebuild
+    state = np.random.get_state()
+    np.random.seed(0)
+    try:
+        with mpl.rc_context(rc):
+            yield
+    finally:
+        np.random.set_state(state)
 
 
 def colors(names: Sequence[str]) -> dict[str, tuple]:
