@@ -5,6 +5,7 @@ resumes exactly, and no hub access leaves one clear line and nothing half-writte
 import hashlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -41,8 +42,8 @@ def test_paper_configs_compose(stage):
     cfg = paper_cfg(stage)
     assert cfg.profile_name == "paper" and cfg.device == "cuda" and cfg.suite is None
     assert list(cfg.tasks) == PUBLISHED_TASKS
-    for name, pin in cfg.baselines.items():
-        assert pin.repo and pin.revision, name
+    for name, pin in cfg.baselines.items():  # a commit hash, or one of Pythia's immutable stepN branches
+        assert pin.repo and re.fullmatch(r"[0-9a-f]{40}|step\d+", str(pin.revision)), name
     assert cfg.baselines["pythia-410m"].revision == "step143000"
     assert cfg.baselines["pythia-410m-step0"].revision == "step0"
     assert "gpt-neo-350m" not in cfg.baselines  # withdrawn from the hub: no public weights

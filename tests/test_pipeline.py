@@ -24,10 +24,8 @@ def sh(cmd: str, cwd: Path, timeout: int = 1800) -> subprocess.CompletedProcess:
     return proc
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    """A clean checkout (tracked and new files, nothing ignored) with profile=smoke, reproduced once."""
-    repo = tmp_path_factory.mktemp("study") / "repo"
+def clean_checkout(repo: Path) -> Path:
+    """Copy tracked and new files (nothing ignored: no data, models or results) into `repo`."""
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
         cwd=ROOT, capture_output=True, text=True, check=True,
@@ -36,6 +34,13 @@ def study(tmp_path_factory):
         if (ROOT / rel).is_file():
             (repo / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, repo / rel)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A clean checkout with profile=smoke, reproduced once."""
+    repo = clean_checkout(tmp_path_factory.mktemp("study") / "repo")
     params = repo / "params.yaml"
     text = params.read_text().replace("profile: tiny", "profile: smoke")
     # smaller multirun axes (they live in params.yaml, not in the profile): a 2-layer model has 8 modules
@@ -156,3 +161,24 @@ def test_scorer_equals_lm_eval_on_every_study_model_and_task(study):
         for row in evals[evals.model == name].itertuples():
             ref = lm_eval_per_doc(model, tok, f"ps_{row.task}", list(row.ex_doc_ids), study / "data" / "tasks")
             assert list(row.ex_correct) == [int(ref[i]["acc"]) for i in row.ex_doc_ids], (name, row.task)
+
+
+def test_paper_repro_offline_stops_at_the_first_hub_access_with_one_line(tmp_path):
+    """`dvc repro` with profile=paper and no network: prepare (tokenizer and corpus) is the first hub access;
+    it fails with one line of ours, DVC runs no later stage, and no output is left behind."""
+    repo = clean_checkout(tmp_path / "repo")
+    params = repo / "params.yaml"
+    params.write_text(params.read_text().replace("profile: tiny", "profile: paper"))
+    sh("git init -q", repo)
+    before = {p.relative_to(repo) for p in repo.rglob("*") if ".git" not in p.parts and ".dvc" not in p.parts}
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run("dvc repro", shell=True, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("paramscope: error:")]
+    assert len(ours) == 1, proc.stderr[-3000:]
+    assert "cannot fetch tokenizer EleutherAI/pythia-410m@step143000" in ours[0] and "tokenizer.local_dir" in ours[0]
+    assert "Traceback" not in proc.stderr
+    assert "failed to reproduce 'prepare'" in proc.stderr and "Running stage 'train'" not in proc.stdout
+    after = {p.relative_to(repo) for p in repo.rglob("*") if ".git" not in p.parts and ".dvc" not in p.parts}
+    assert {p.parts[0] for p in after - before} <= {".hydra_runs"}, after - before  # Hydra's own run log only
+    assert (repo / "dvc.lock").read_text() == (ROOT / "dvc.lock").read_text()  # nothing recorded as reproduced
