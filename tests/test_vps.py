@@ -150,6 +150,28 @@ def test_scorer_under_vps_does_not_depend_on_batch_size(model):
     np.testing.assert_array_equal(np.stack(a.lls), np.stack(b.lls))
 
 
+def test_multi_token_choices_are_scored_as_whole_sequences_under_vps(model):
+    """STUDY section 7 selects over one sequence's tokens: a choice continuing a shared key/value cache would
+    see only its own tokens, so VPS refuses it, and each choice is scored as its own sequence instead."""
+    docs = [Doc(0, (5, 9, 11, 3), ((7, 8), (12, 13, 14), (20,)), (2, 3, 1), 0),
+            Doc(1, (6, 2), ((30, 31, 32), (40, 41)), (3, 2), 1)]
+    shared, whole = score(model, docs, 4), score(model, docs, 4, share_context=False)
+    for a, b in zip(shared.lls, whole.lls):  # the plain model: both paths give the same numbers
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    config = VPSConfig(gamma=0.5, rank=4, policy="adaptive")
+    with sharpen(model, config):
+        with pytest.raises(RuntimeError, match="share_context=False"):
+            score(model, docs, 4)
+        got = score(model, docs, 4, share_context=False)
+        for doc, lls in zip(docs, got.lls):
+            for choice, ll in zip(doc.choices, lls):
+                seq = doc.context + choice
+                logp = torch.log_softmax(logits(model, torch.tensor([seq[:-1]]))[0].double(), -1)  # HFLM's input
+                by_hand = sum(logp[len(doc.context) - 1 + j, t].item() for j, t in enumerate(choice))
+                assert ll == pytest.approx(by_hand, abs=1e-5)
+    assert any(not np.allclose(a, b, atol=1e-3) for a, b in zip(got.lls, whole.lls))  # VPS did act
+
+
 # --------------------------------------------------------------------------- the stage on the smoke suite
 
 

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from paramscope.evaluation.kv_cache import passed_cache
+
 Site = tuple[str, int]
 
 
@@ -72,7 +74,7 @@ class ResamplePool:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if input_ids is None:
             raise ValueError("resample ablation needs input_ids (inputs_embeds carry no token identity)")
-        self.choose_rows(input_ids, kwargs.get("attention_mask"), kwargs.get("past_key_values") is not None)
+        self.choose_rows(input_ids, kwargs.get("attention_mask"), passed_cache(kwargs) is not None)
 
     def donor_acts(self, site: Site, device: torch.device) -> Tensor:
         """(batch, site width): each row's donor activation at `site` for the current forward."""

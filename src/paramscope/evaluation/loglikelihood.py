@@ -75,16 +75,21 @@ def multiple_input_docs(task, tokenizer, indices: list[int]) -> tuple[MultiConte
 def score_multiple_input(model, docs: list[MultiContextDoc] | tuple[MultiContextDoc, ...],
                          batch_size: int = 64) -> Scores:
     """Every choice's (context, continuation) log-likelihood, as lm-eval's `multiple_input` scoring."""
-    requests = [ContinuationDoc(k, ctx, (choice,), (1,), 0)
-                for k, (ctx, choice) in enumerate((c, ch) for d in docs for c, ch in zip(d.contexts, d.choices))]
-    flat = score_continuations(model, requests, batch_size).gold_ll
-    per_doc = np.split(flat, np.cumsum([len(d.choices) for d in docs])[:-1])
     return Scores(
         doc_ids=np.array([d.doc_id for d in docs]),
-        lls=per_doc,
+        lls=score_choice_sequences(model, [list(zip(d.contexts, d.choices)) for d in docs], batch_size),
         gold=np.array([d.gold for d in docs]),
         choice_chars=[np.array(d.choice_chars, dtype=np.float64) for d in docs],
     )
+
+
+def score_choice_sequences(model, pairs_per_doc: list[list[tuple[tuple[int, ...], tuple[int, ...]]]],
+                           batch_size: int = 64) -> list[np.ndarray]:
+    """Each document's (context, choice) pairs, every pair scored as a sequence of its own (HFLM's way)."""
+    requests = [ContinuationDoc(k, ctx, (choice,), (1,), 0)
+                for k, (ctx, choice) in enumerate(pair for pairs in pairs_per_doc for pair in pairs)]
+    flat = score_continuations(model, requests, batch_size).gold_ll
+    return np.split(flat, np.cumsum([len(pairs) for pairs in pairs_per_doc])[:-1])
 
 
 def continuation_docs(task, tokenizer, indices: list[int]) -> tuple[ContinuationDoc, ...]:

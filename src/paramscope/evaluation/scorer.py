@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from paramscope.evaluation.kv_cache import cache_argument, output_cache
 from paramscope.evaluation.requests import Doc
 
 
@@ -106,12 +107,12 @@ def _score_shared_context(model, doc: Doc) -> np.ndarray:
         cmask[row, : 1 + len(choice)] = 1
     base = model.base_model
     if prefix.shape[1] > 0:
-        cache = base(input_ids=prefix, use_cache=True).past_key_values
+        cache = output_cache(base(input_ids=prefix, use_cache=True))
         cache.batch_repeat_interleave(n)
         mask = torch.cat([torch.ones(n, prefix.shape[1], dtype=torch.long, device=dev), cmask], dim=1)
         positions = torch.arange(prefix.shape[1], prefix.shape[1] + width, device=dev).expand(n, -1)
         hidden = base(
-            input_ids=ids, attention_mask=mask, past_key_values=cache, position_ids=positions, use_cache=True
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_argument(base): cache}
         ).last_hidden_state
     else:
         hidden = _hidden(model, ids, cmask)
@@ -123,16 +124,19 @@ def _score_shared_context(model, doc: Doc) -> np.ndarray:
     return lls
 
 
-def score(model, docs: list[Doc] | tuple[Doc, ...], batch_size: int = 64) -> Scores:
+def score(model, docs: list[Doc] | tuple[Doc, ...], batch_size: int = 64, share_context: bool = True) -> Scores:
     """Log-likelihood of every choice of every doc under ``model`` (with any hooks it carries).
 
     Documents of a loglikelihood task (`loglikelihood.ContinuationDoc`) are scored as lm-eval scores
     them (log-likelihood and greedy match of the one continuation), in their own module.
+    ``share_context=False`` scores each multi-token choice as a whole sequence of its own, for hooks
+    whose statistics span the sequence (VPS), which a shared key/value cache would split in two.
     """
     docs = list(docs)
     from paramscope.evaluation.loglikelihood import (
         ContinuationDoc,
         MultiContextDoc,
+        score_choice_sequences,
         score_continuations,
         score_multiple_input,
     )
@@ -148,8 +152,13 @@ def score(model, docs: list[Doc] | tuple[Doc, ...], batch_size: int = 64) -> Sco
     lls: list[np.ndarray] = [None] * len(docs)  # type: ignore[list-item]
     for i, ll in zip(single, _score_single_token(model, [docs[i] for i in single], batch_size)):
         lls[i] = ll
-    for i in multi:
-        lls[i] = _score_shared_context(model, docs[i])
+    if share_context:
+        for i in multi:
+            lls[i] = _score_shared_context(model, docs[i])
+    else:
+        pairs = [[(docs[i].context, choice) for choice in docs[i].choices] for i in multi]
+        for i, ll in zip(multi, score_choice_sequences(model, pairs, batch_size)):
+            lls[i] = ll
     return Scores(
         doc_ids=np.array([d.doc_id for d in docs]),
         lls=lls,

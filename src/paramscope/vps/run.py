@@ -134,7 +134,7 @@ class Job:
 
     def score(self, docs: Sequence[Doc], config: VPSConfig | None = None) -> Scores:
         with sharpen(self.model, config or VPSConfig(enabled=False), self.adapter):
-            return score(self.model, docs, self.batch)
+            return score(self.model, docs, self.batch, share_context=False)  # VPS statistics span a sequence
 
     def dev_grid(self, task: str, configs: list[VPSConfig]) -> list[tuple[VPSConfig, pd.Series]]:
         docs = task_docs(self.cfg, task, "dev", self.tokenizer).docs

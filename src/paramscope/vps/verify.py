@@ -94,7 +94,7 @@ def verification_loop(model, tokenizer, docs: list[Doc], config: VPSConfig, modu
             break
         gamma = config.gamma * 2**round_
         with sharpen(model, dataclasses.replace(config, gamma=gamma)):
-            lls = score(model, [blind[i] for i in pending], batch_size).lls
+            lls = score(model, [blind[i] for i in pending], batch_size, share_context=False).lls
         rows, cands, conf = [], [], []
         for i, ll in zip(pending, lls):
             logp = log_softmax(ll)

@@ -14,8 +14,8 @@ s_c = 1 / max(1, ||B[:, c]|| ||A[:, c]|| / tau); for the sparse builder that is
 token to a fraction of that token's base output norm (our reading of "optional clamp").
 
 The attention mask of each forward pass is captured by a forward pre-hook on the model's backbone, so
-selection and the adaptive gamma see only a sequence's own real tokens. With a key/value cache (the
-scorer's multi-token path) a call sees only its new tokens, so the statistics are those of that chunk.
+selection and the adaptive gamma see only a sequence's own real tokens. A call that continues a key/value
+cache would see only its new tokens, so it is refused: the scorer runs VPS with ``share_context=False``.
 Leaving the context removes every hook; with ``enabled=False`` or gamma = 0 no hook is registered at
 all, so the logits are the base model's, bit for bit.
 """
@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from paramscope.evaluation.kv_cache import passed_cache
 from paramscope.models.adapters import Adapter, get_adapter, weight_in_out
 from paramscope.vps.policy import Policy
 from paramscope.vps.selection import Selection, build_selection, gather_channels
@@ -143,8 +144,11 @@ def _capture(model: nn.Module, state: _PassState, policy: Policy, backbone: nn.M
     device = next(backbone.parameters()).device
     mask = torch.ones(shape, dtype=torch.long, device=device) if mask is None else mask[:, -shape[1]:]
     state.mask = mask
-    # With a key/value cache the entropy of the uncached (prefix) pass is kept for its continuations.
-    if policy.needs_entropy and kwargs.get("past_key_values") is None:
+    cache = passed_cache(kwargs)
+    if cache is not None and cache.get_seq_length() > 0:
+        raise RuntimeError("VPS selects over whole sequences, and a key/value cache hides the cached tokens; "
+                           "score with share_context=False")
+    if policy.needs_entropy:
         state.base_pass = True
         try:
             hidden = backbone(*args, **kwargs).last_hidden_state
