@@ -11,7 +11,9 @@ from paramscope.evaluation.requests import task_manager
 def lm_eval_per_doc(
     model, tokenizer, task_name: str, indices: list[int], include_path: str | Path | None = None, batch_size: int = 64
 ) -> dict[int, dict[str, float]]:
-    """Per-document ``acc``/``acc_norm`` from lm-eval, keyed by the task's original doc index."""
+    """Per-document metrics (``acc``, and ``acc_norm`` or ``perplexity`` where the task has them) from
+    lm-eval, keyed by the task's original doc index; a loglikelihood task's ``perplexity`` is the document's
+    log-likelihood, which lm-eval aggregates into a perplexity."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
@@ -28,4 +30,4 @@ def lm_eval_per_doc(
         verbosity="ERROR",
     )
     rows = out["samples"][task_name]  # doc_id here is already the original index
-    return {r["doc_id"]: {"acc": r["acc"], "acc_norm": r["acc_norm"]} for r in rows}
+    return {r["doc_id"]: {k: r[k] for k in ("acc", "acc_norm", "perplexity") if k in r} for r in rows}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from paramscope.data.splits import check_split, split_indices
@@ -38,8 +39,16 @@ def task_manager(include_path: str | Path | None):
     from lm_eval.tasks import TaskManager
 
     if include_path is None:
-        return TaskManager()
+        return _installed_task_manager()
     return TaskManager(include_path=str(include_path), include_defaults=False)
+
+
+@lru_cache(maxsize=1)
+def _installed_task_manager():
+    """lm-eval's own tasks, indexed once per process (seconds each time; the installed package cannot change)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
 
 
 def load_lm_eval_task(name: str, include_path: str | Path | None = None):

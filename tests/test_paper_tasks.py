@@ -1,0 +1,107 @@
+"""The seven benchmarks of the paper profile, through lm-eval's own task definitions (templates, splits,
+`process_docs`, winogrande's partial scoring, lambada's last word), with the hub replaced by small local
+datasets of the same fields: our documents and scores equal lm-eval's simple_evaluate on each."""
+
+import datasets
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from paramscope.evaluation.harness import lm_eval_per_doc
+from paramscope.evaluation.requests import build_docs
+from paramscope.evaluation.scorer import score
+from paramscope.models.random_models import tiny_random_model
+
+N_EVAL = 12  # documents in each task's evaluation split
+
+
+def _words(rng: np.random.Generator, vocab: list[str], lo: int, hi: int) -> str:
+    return " ".join(rng.choice(vocab, int(rng.integers(lo, hi + 1))))
+
+
+def _lambada(rng, vocab):
+    return {"text": _words(rng, vocab, 4, 12)}
+
+
+def _piqa(rng, vocab):
+    return {"goal": _words(rng, vocab, 3, 8), "sol1": _words(rng, vocab, 1, 4), "sol2": _words(rng, vocab, 1, 4),
+            "label": int(rng.integers(2))}
+
+
+def _arc(rng, vocab):
+    n = int(rng.integers(3, 6))  # ARC has 3 to 5 options, some labelled 1-4 instead of A-E
+    labels = list("ABCDE")[:n] if rng.random() < 0.7 else [str(i + 1) for i in range(n)]
+    return {"id": str(rng.integers(10**6)), "question": _words(rng, vocab, 3, 9),
+            "choices": {"text": [_words(rng, vocab, 1, 3) for _ in range(n)], "label": labels},
+            "answerKey": labels[int(rng.integers(n))]}
+
+
+def _winogrande(rng, vocab):
+    return {"sentence": f"{_words(rng, vocab, 2, 6)} _ {_words(rng, vocab, 1, 4)}", "option1": _words(rng, vocab, 1, 2),
+            "option2": _words(rng, vocab, 1, 2), "answer": str(int(rng.integers(1, 3)))}
+
+
+def _sciq(rng, vocab):
+    return {"question": _words(rng, vocab, 3, 8), "distractor1": _words(rng, vocab, 1, 3),
+            "distractor2": _words(rng, vocab, 1, 3), "distractor3": _words(rng, vocab, 1, 3),
+            "correct_answer": _words(rng, vocab, 1, 3), "support": " " + _words(rng, vocab, 0, 10)}
+
+
+def _hellaswag(rng, vocab):
+    return {"ind": int(rng.integers(10**5)), "activity_label": _words(rng, vocab, 1, 2),
+            "ctx_a": _words(rng, vocab, 2, 6), "ctx_b": _words(rng, vocab, 1, 3), "ctx": "",
+            "endings": [_words(rng, vocab, 1, 4) for _ in range(4)], "source_id": "x", "split": "val",
+            "split_type": "indomain", "label": str(int(rng.integers(4)))}
+
+
+# lm-eval task -> (dataset path and config name its YAML asks for, splits the YAML declares, document maker)
+TASKS = {
+    "lambada_openai": (("EleutherAI/lambada_openai", "default"), ["test"], _lambada),
+    "piqa": (("baber/piqa", None), ["train", "validation"], _piqa),
+    "arc_easy": (("allenai/ai2_arc", "ARC-Easy"), ["train", "validation", "test"], _arc),
+    "arc_challenge": (("allenai/ai2_arc", "ARC-Challenge"), ["train", "validation", "test"], _arc),
+    "winogrande": (("allenai/winogrande", "winogrande_xl"), ["train", "validation"], _winogrande),
+    "sciq": (("allenai/sciq", None), ["train", "validation", "test"], _sciq),
+    "hellaswag": (("Rowan/hellaswag", None), ["train", "validation"], _hellaswag),
+}
+
+
+@pytest.fixture
+def local_hub(smoke_suite, monkeypatch):
+    """`datasets.load_dataset` answers the seven benchmarks' (path, name) with generated local data."""
+    _, data = smoke_suite
+    tok = AutoTokenizer.from_pretrained(data / "tokenizer")
+    vocab = sorted(w for w in tok.get_vocab() if not w.startswith("<"))
+    rng = np.random.default_rng(0)
+    hub = {where: datasets.DatasetDict({split: datasets.Dataset.from_list([make(rng, vocab) for _ in range(N_EVAL)])
+                                        for split in splits})
+           for where, splits, make in TASKS.values()}
+    asked = []
+
+    def load_dataset(path, name=None, **_):
+        asked.append((path, name))
+        if (path, name) not in hub:
+            raise AssertionError(f"unexpected dataset {path}/{name}")
+        return hub[(path, name)]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return tok, asked
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_real_task_definitions_score_as_lm_eval_scores_them(local_hub, task):
+    tok, asked = local_hub
+    model = tiny_random_model("gpt_neox", seed=3, vocab_size=len(tok))
+    dev, test = (build_docs(task, tok, split, seed=0) for split in ("dev", "test"))
+    assert TASKS[task][0] in asked  # the real YAML's dataset, not a stand-in task
+    assert sorted(dev.doc_ids + test.doc_ids) == list(range(N_EVAL))  # the whole evaluation split, halved
+    ours = score(model, test.docs, batch_size=4)
+    ref = lm_eval_per_doc(model, tok, task, test.doc_ids, batch_size=4)
+    assert sorted(ref) == test.doc_ids
+    assert ours.correct.tolist() == [int(ref[i]["acc"]) for i in test.doc_ids]
+    if task == "lambada_openai":  # one continuation: its log-likelihood is lm-eval's per-document value
+        np.testing.assert_allclose(ours.gold_ll, [ref[i]["perplexity"] for i in test.doc_ids], atol=1e-4)
+    elif task != "winogrande":  # winogrande reports acc only
+        assert ours.correct_norm.tolist() == [int(ref[i]["acc_norm"]) for i in test.doc_ids]
+    if task in ("piqa", "arc_easy", "sciq", "hellaswag"):  # choices of several tokens: the cached path
+        assert any(max(len(c) for c in d.choices) > 1 for d in test.docs)
