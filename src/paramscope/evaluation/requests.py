@@ -9,6 +9,7 @@ from pathlib import Path
 
 from paramscope.data.splits import check_split, split_indices
 from paramscope.errors import StudyError
+from paramscope.evaluation.local_data import task_source
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +52,21 @@ def _installed_task_manager():
     return TaskManager()
 
 
-def load_lm_eval_task(name: str, include_path: str | Path | None = None):
-    """The lm-eval Task object for ``name`` (synthetic tasks come from ``include_path``)."""
+def load_lm_eval_task(name: str, include_path: str | Path | None = None, data: str | None = None):
+    """The lm-eval Task object for ``name`` (synthetic tasks come from ``include_path``; ``data``, from
+    `tasks.task_data`, reads a benchmark's documents from local files)."""
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-task chatter drowns our logs
     tm = task_manager(include_path)
     if name not in tm.all_tasks:
         valid = sorted(t for t in tm.all_tasks if include_path is None or t.startswith("ps_"))
         raise StudyError(f"unknown lm-eval task '{name}'; valid: {', '.join(valid[:40])}")
-    return tm.load([name])["tasks"][name]
+    try:
+        with task_source(tm, name, data) as spec:
+            return tm.load([spec])["tasks"][name]
+    except (OSError, KeyError) as err:  # KeyError: a split that the local files lack  # no hub (ConnectionError), or local files that are not there
+        where = "its local files (task_data)" if data else "the hub"
+        raise StudyError(f"cannot load the documents of task '{name}' from {where}: {str(err).splitlines()[0]}; "
+                         f"offline, give task_data.{name} (local files with the hub dataset's fields)") from None
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -97,10 +105,11 @@ def build_docs(
     dev_fraction: float = 0.5,
     include_path: str | Path | None = None,
     limit: int | None = None,
+    data: str | None = None,
 ) -> TaskDocs:
     """The ``split`` half of a task's evaluation documents, with lm-eval's exact request strings."""
     check_split(split)
-    task = load_lm_eval_task(task_name, include_path)
+    task = load_lm_eval_task(task_name, include_path, data)
     if task.OUTPUT_TYPE not in ("multiple_choice", "loglikelihood"):
         raise StudyError(f"task '{task_name}' has output type {task.OUTPUT_TYPE}; "
                          "supported: multiple_choice, loglikelihood")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from paramscope.evaluation.local_data import data_spec
 from paramscope.evaluation.requests import TaskDocs, build_docs
 
 
@@ -17,9 +18,17 @@ def lm_eval_task(cfg: DictConfig, task: str) -> tuple[str, str | None]:
     return task, None
 
 
+def task_data(cfg: DictConfig, task: str) -> str | None:
+    """`task_data.<task>` (local files in place of the hub dataset) in its canonical form; None for the hub
+    or a synthetic task."""
+    spec = (cfg.get("task_data") or {}).get(task)
+    return data_spec(task, spec.get("format", "json"), dict(spec.get("files") or {})) if spec else None
+
+
 @lru_cache(maxsize=64)
-def _cached_docs(name: str, include: str | None, tokenizer_key: str, tokenizer, split: str, seed: int, frac: float):
-    return build_docs(name, tokenizer, split, seed, frac, include)
+def _cached_docs(name: str, include: str | None, data: str | None, tokenizer_key: str, tokenizer, split: str,
+                 seed: int, frac: float):
+    return build_docs(name, tokenizer, split, seed, frac, include, data=data)
 
 
 def dev_fraction(cfg: DictConfig) -> float:
@@ -36,4 +45,4 @@ def task_docs(cfg: DictConfig, task: str, split: str, tokenizer) -> TaskDocs:
     """The split's documents, built once per (task, split, tokenizer) within a process."""
     name, include = lm_eval_task(cfg, task)
     key = tokenizer.name_or_path + str(len(tokenizer))
-    return _cached_docs(name, include, key, tokenizer, split, int(cfg.seed), dev_fraction(cfg))
+    return _cached_docs(name, include, task_data(cfg, task), key, tokenizer, split, int(cfg.seed), dev_fraction(cfg))
