@@ -19,7 +19,7 @@ def main(cfg: DictConfig) -> None:
     with stage_run(cfg, "train") as run:
         logger = WandbLogger(experiment=run)
         for name in cfg.variants:
-            run.summary.update(train_variant(cfg, name, Path(cfg.paths.models), Path(cfg.paths.data), logger))
+            run.summary.update(train_variant(cfg, name, Path(cfg.paths.trained), Path(cfg.paths.data), logger))
 
 
 if __name__ == "__main__":

@@ -2,73 +2,21 @@
 `process_docs`, winogrande's partial scoring, lambada's last word), with the hub replaced by small local
 datasets of the same fields: our documents and scores equal lm-eval's simple_evaluate on each."""
 
-import json
-
 import datasets
 import numpy as np
 import pytest
+import standins
 from conftest import make_cfg
 from transformers import AutoTokenizer
 
 from paramscope.errors import StudyError
 from paramscope.evaluation.harness import lm_eval_per_doc
 from paramscope.evaluation.requests import build_docs
-from paramscope.evaluation.tasks import task_docs
 from paramscope.evaluation.scorer import score
+from paramscope.evaluation.tasks import task_docs
 from paramscope.models.random_models import tiny_random_model
 
-N_EVAL = 12  # documents in each task's evaluation split
-
-
-def _words(rng: np.random.Generator, vocab: list[str], lo: int, hi: int) -> str:
-    return " ".join(rng.choice(vocab, int(rng.integers(lo, hi + 1))))
-
-
-def _lambada(rng, vocab):
-    return {"text": _words(rng, vocab, 4, 12)}
-
-
-def _piqa(rng, vocab):
-    return {"goal": _words(rng, vocab, 3, 8), "sol1": _words(rng, vocab, 1, 4), "sol2": _words(rng, vocab, 1, 4),
-            "label": int(rng.integers(2))}
-
-
-def _arc(rng, vocab):
-    n = int(rng.integers(3, 6))  # ARC has 3 to 5 options, some labelled 1-4 instead of A-E
-    labels = list("ABCDE")[:n] if rng.random() < 0.7 else [str(i + 1) for i in range(n)]
-    return {"id": str(rng.integers(10**6)), "question": _words(rng, vocab, 3, 9),
-            "choices": {"text": [_words(rng, vocab, 1, 3) for _ in range(n)], "label": labels},
-            "answerKey": labels[int(rng.integers(n))]}
-
-
-def _winogrande(rng, vocab):
-    return {"sentence": f"{_words(rng, vocab, 2, 6)} _ {_words(rng, vocab, 1, 4)}", "option1": _words(rng, vocab, 1, 2),
-            "option2": _words(rng, vocab, 1, 2), "answer": str(int(rng.integers(1, 3)))}
-
-
-def _sciq(rng, vocab):
-    return {"question": _words(rng, vocab, 3, 8), "distractor1": _words(rng, vocab, 1, 3),
-            "distractor2": _words(rng, vocab, 1, 3), "distractor3": _words(rng, vocab, 1, 3),
-            "correct_answer": _words(rng, vocab, 1, 3), "support": " " + _words(rng, vocab, 0, 10)}
-
-
-def _hellaswag(rng, vocab):
-    return {"ind": int(rng.integers(10**5)), "activity_label": _words(rng, vocab, 1, 2),
-            "ctx_a": _words(rng, vocab, 2, 6), "ctx_b": _words(rng, vocab, 1, 3), "ctx": "",
-            "endings": [_words(rng, vocab, 1, 4) for _ in range(4)], "source_id": "x", "split": "val",
-            "split_type": "indomain", "label": str(int(rng.integers(4)))}
-
-
-# lm-eval task -> (dataset path and config name its YAML asks for, splits the YAML declares, document maker)
-TASKS = {
-    "lambada_openai": (("EleutherAI/lambada_openai", "default"), ["test"], _lambada),
-    "piqa": (("baber/piqa", None), ["train", "validation"], _piqa),
-    "arc_easy": (("allenai/ai2_arc", "ARC-Easy"), ["train", "validation", "test"], _arc),
-    "arc_challenge": (("allenai/ai2_arc", "ARC-Challenge"), ["train", "validation", "test"], _arc),
-    "winogrande": (("allenai/winogrande", "winogrande_xl"), ["train", "validation"], _winogrande),
-    "sciq": (("allenai/sciq", None), ["train", "validation", "test"], _sciq),
-    "hellaswag": (("Rowan/hellaswag", None), ["train", "validation"], _hellaswag),
-}
+N_EVAL, TASKS = standins.N_EVAL, standins.TASKS
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +24,7 @@ def benchmark_rows(smoke_suite):
     """Generated rows of every split of the seven benchmarks, in the words of the smoke tokenizer."""
     _, data = smoke_suite
     tok = AutoTokenizer.from_pretrained(data / "tokenizer")
-    vocab = sorted(w for w in tok.get_vocab() if not w.startswith("<"))
-    rng = np.random.default_rng(0)
-    rows = {where: {split: [make(rng, vocab) for _ in range(N_EVAL)] for split in splits}
-            for where, splits, make in TASKS.values()}
-    return tok, rows
+    return tok, standins.benchmark_rows(sorted(w for w in tok.get_vocab() if not w.startswith("<")))
 
 
 @pytest.fixture
@@ -122,20 +66,11 @@ def test_real_task_definitions_score_as_lm_eval_scores_them(local_hub, task):
         assert any(max(len(c) for c in d.choices) > 1 for d in test.docs)
 
 
-def eval_split(task: str) -> str:
-    return "test" if "test" in TASKS[task][1] else "validation"
-
-
 def test_task_data_reads_the_same_documents_from_local_files(local_hub, benchmark_rows, tmp_path):
     """`task_data` (offline) gives exactly the documents the hub dataset gives, through the same YAML."""
     tok, rows = benchmark_rows
-    spec = {}
-    for task, (where, _, _) in TASKS.items():
-        path = tmp_path / f"{task}.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows[where][eval_split(task)]))
-        spec[task] = {"format": "json", "files": {eval_split(task): str(path)}}
     cfg = make_cfg("evaluate", ["profile=paper"])
-    cfg.task_data = spec
+    cfg.task_data = standins.write_task_data(rows, tmp_path)
     _, asked = local_hub
     for task in TASKS:
         for split in ("dev", "test"):

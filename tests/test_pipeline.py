@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import clean_checkout
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -22,19 +23,6 @@ def sh(cmd: str, cwd: Path, timeout: int = 1800) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
-
-
-def clean_checkout(repo: Path) -> Path:
-    """Copy tracked and new files (nothing ignored: no data, models or results) into `repo`."""
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout.split("\0")
-    for rel in filter(None, files):
-        if (ROOT / rel).is_file():
-            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, repo / rel)
-    return repo
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +41,9 @@ def study(tmp_path_factory):
 
 
 def test_repro_builds_every_output(study):
-    for out in ["data/manifest.json", "models/scratch/model.safetensors", "models/scratch-step0/config.json",
-                "models/gen2/tokenizer.json", "models/tuned/paramscope.json", "models/baselines/manifest.json",
+    for out in ["data/manifest.json", "models/trained/scratch/model.safetensors",
+                "models/trained/scratch-step0/config.json", "models/trained/gen2/tokenizer.json",
+                "models/trained/tuned/paramscope.json", "models/baselines/manifest.json",
                 "reports/metrics.json", "reports/macros.tex", "paper/main.pdf"]:
         assert (study / out).is_file(), out
     assert any((study / "reports" / "figures").glob("*.pdf"))

@@ -13,7 +13,7 @@ from paramscope.ablation.pairs import PAIR_GROUPS, pair_map
 from paramscope.ablation.weights import WEIGHT_GROUPS, WEIGHT_OPS
 from paramscope.errors import StudyError, check_choice
 from paramscope.evaluation.scorer import score
-from paramscope.evaluation.tasks import split_definition, task_docs
+from paramscope.evaluation.tasks import atlas_tasks, split_definition, task_docs
 from paramscope.models import zoo
 from paramscope.models.adapters import get_adapter
 from paramscope.store import cell_key, cell_path, write_cell
@@ -63,7 +63,7 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
         cfg = OmegaConf.merge(cfg, {"group": GROUP_ALIASES[cfg.group]})
     check_request(cfg)
     models = selected(cfg, "model", cfg.ablate.models)
-    tasks = selected(cfg, "task", cfg.ablate.get("tasks") or cfg.tasks)  # paper: lambada has no single answer
+    tasks = selected(cfg, "task", atlas_tasks(cfg))
     value = float(cfg.value)
     bins = int(cfg.ablate.matrix_magnitude_bins if cfg.group == "magnitude_matrix" else cfg.ablate.magnitude_bins)
     prefix = f"{cfg.group}-{cfg.op}-{value:g}-"  # lets a job find its own cells among all others

@@ -46,3 +46,9 @@ def task_docs(cfg: DictConfig, task: str, split: str, tokenizer) -> TaskDocs:
     name, include = lm_eval_task(cfg, task)
     key = tokenizer.name_or_path + str(len(tokenizer))
     return _cached_docs(name, include, task_data(cfg, task), key, tokenizer, split, int(cfg.seed), dev_fraction(cfg))
+
+
+def atlas_tasks(cfg: DictConfig) -> list[str]:
+    """The tasks the ablation atlas covers (`ablate.tasks`, else every task): the paper profile leaves out
+    lambada_openai, whose one continuation has no choice to flip; what builds on the atlas follows it."""
+    return list(cfg.ablate.get("tasks") or cfg.tasks)

@@ -26,10 +26,11 @@ def save_model(model, tokenizer, path: Path, provenance: dict) -> None:
 
 
 def model_dirs(root: Path | None = None) -> dict[str, Path]:
-    """Every loadable model under the models root: trained ones by name, baselines by their name too."""
+    """Every loadable model under the models root, by name: the train stage's (`trained/`), the pretrained
+    baselines (`baselines/`), and any model folder placed directly under the root."""
     root = Path(root or MODELS_ROOT)
     found: dict[str, Path] = {}
-    for base in (root, root / "baselines"):
+    for base in (root / "trained", root / "baselines", root):  # stage outputs before stray folders
         if base.is_dir():
             for d in sorted(base.iterdir()):
                 if (d / "config.json").is_file():

@@ -33,7 +33,7 @@ from paramscope.ablation.run import selected
 from paramscope.errors import StudyError, check_choice
 from paramscope.evaluation.requests import Doc
 from paramscope.evaluation.scorer import Scores, score
-from paramscope.evaluation.tasks import split_definition, task_docs
+from paramscope.evaluation.tasks import atlas_tasks, split_definition, task_docs
 from paramscope.models import zoo
 from paramscope.models.adapters import Adapter, get_adapter
 from paramscope.optimize.candidates import (
@@ -299,7 +299,7 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, float]:
     if name is not None:
         check_choice("model", name, models)
         models = [name]
-    tasks = selected(cfg, "task", cfg.tasks)
+    tasks = selected(cfg, "task", atlas_tasks(cfg))  # searches start from the atlas; transfer scores every task
     for model in models:  # every input must exist before any work starts
         zoo.resolve(model, Path(cfg.paths.models))
     atlas = load_atlas(results, plan.split)

@@ -455,28 +455,29 @@ def _short(name: str) -> str:
 
 
 def module_ranks(rep: Report) -> Figure:
-    """Rank of every module by |activity difference| (1 = most different; dev workload) per (pair, task)."""
-    lines, labels = [], []
-    columns: list[str] = []
+    """Rank of every module by |activity difference| (1 = most different; dev workload) per (pair, task),
+    one heatmap per architecture: pairs of different architectures have different modules."""
+    groups: dict[tuple[str, ...], tuple[list[np.ndarray], list[str]]] = {}
     for pair, task in rep.pair_tasks:
-        sub = rep.at(rep.split, pair=pair, task=task)
-        row = sub.iloc[0]
-        registry = list(row["registry"])
+        row = rep.at(rep.split, pair=pair, task=task).iloc[0]
         diff = np.abs(np.asarray(row["activity_donor"]) - np.asarray(row["activity_target"]))
         ranks = np.empty(len(diff))
         ranks[np.argsort(-diff, kind="stable")] = np.arange(1, len(diff) + 1)
-        columns = [_short(n) for n in registry]
+        lines, labels = groups.setdefault(tuple(row["registry"]), ([], []))
         lines.append(ranks)
         labels.append(_panel_label(rep, pair, task))
-    grid = pd.DataFrame(np.stack(lines), index=labels, columns=columns)
-    fig = new_figure(height=0.3 * len(lines) + 1.4)
-    ax = fig.subplots()
-    sns.heatmap(grid, ax=ax, cmap="rocket", annot=True, fmt=".0f", annot_kws={"fontsize": 5}, linewidths=0.3,
-                cbar_kws={"label": "rank (1 = largest |activity difference|)"})
-    ax.set_xlabel("module (layer, projection)")
-    ax.set_ylabel("")
-    ax.tick_params(axis="x", labelsize=5, rotation=90)
-    ax.tick_params(axis="y", labelsize=6)
+    heights = [len(lines) + 4 for lines, _ in groups.values()]  # rows, plus room for the module labels
+    fig = new_figure(height=0.3 * sum(heights))
+    axes = fig.subplots(len(groups), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
+    for ax, (registry, (lines, labels)) in zip(axes, groups.items()):
+        grid = pd.DataFrame(np.stack(lines), index=labels, columns=[_short(n) for n in registry])
+        annotate = len(registry) <= 48  # a full-size model's ranks would be unreadable digits
+        sns.heatmap(grid, ax=ax, cmap="rocket", annot=annotate, fmt=".0f", annot_kws={"fontsize": 5}, linewidths=0.3,
+                    cbar_kws={"label": "rank (1 = largest |activity difference|)"})
+        ax.set_xlabel("module (layer, projection)")
+        ax.set_ylabel("")
+        ax.tick_params(axis="x", labelsize=5, rotation=90)
+        ax.tick_params(axis="y", labelsize=6)
     return fig
 
 

@@ -112,6 +112,8 @@ def verification(df: pd.DataFrame, ch: pd.DataFrame, s: DictConfig, seed: int) -
     configuration chosen on dev (the loops are tied to their chosen cell)."""
     test = df[df.split == "test"]
     out = []
+    if "selected_cell" not in test:  # no task of the profile runs the loop (vps.verify.tasks)
+        return pd.DataFrame(out)
     for _, chosen_row in ch.iterrows():
         model, task = chosen_row["model"], chosen_row["task"]
         loops = test[test.condition.isin(["verify", "verify_control"]) & (test.selected_cell == chosen_row.cell)]

@@ -1,0 +1,42 @@
+"""Stage paper: the profile's document built into paper/main.pdf.
+
+The embedded profiles (tiny, smoke) get the study's paper, `paper/main.tex`, written around their
+synthetic models and tasks; a profile of pretrained models (paper) gets `paper/pretrained.tex`, which
+names no model or task and shows the tables and figures the report stages generated for it.
+"""
+
+import re
+import subprocess
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from paramscope.errors import StudyError, guard
+
+DOCUMENTS = ("main", "pretrained")
+
+
+def latex_error(log: str) -> str:
+    """The first error LaTeX reported ('! ...' and the line after it), in one line."""
+    found = re.search(r"^! (.*)\n(.*)", log, flags=re.MULTILINE)
+    return " ".join(found.groups()).strip() if found else "no LaTeX error line in the log"
+
+
+@hydra.main(config_path="../conf", config_name="paper", version_base="1.3")
+@guard
+def main(cfg: DictConfig) -> None:
+    name = cfg.paper_document
+    if name not in DOCUMENTS:
+        raise StudyError(f"unknown paper_document '{name}'; valid: {', '.join(DOCUMENTS)}")
+    folder = Path(cfg.paths.paper)
+    # -jobname=main: either document becomes main.pdf, the stage's one output
+    cmd = ["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", "-jobname=main", f"{name}.tex"]
+    proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        log = (folder / "main.log").read_text(errors="replace") if (folder / "main.log").is_file() else proc.stdout
+        raise StudyError(f"latexmk could not build {folder / name}.tex: {latex_error(log)} (see {folder}/main.log)")
+
+
+if __name__ == "__main__":
+    main()
