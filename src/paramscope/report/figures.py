@@ -178,7 +178,8 @@ def clean_accuracy(inp: Inputs) -> Figure:
     chance = df["chance"].dropna()
     if len(chance):
         ax.axhline(chance.iloc[0] * 100, color="0.3", ls="--", lw=0.8, label="chance")
-    ax.set_xticks(np.arange(len(tasks)), tasks)
+    crowded = sum(len(t) for t in tasks) > 48  # e.g. the seven lm-eval benchmarks: tilt the names apart
+    ax.set_xticks(np.arange(len(tasks)), tasks, rotation=25 if crowded else 0, ha="right" if crowded else "center")
     ax.set_ylim(0, 100)
     ax.set_ylabel(f"{inp.split} accuracy (%)")
     fig.legend(loc="outside right upper", fontsize=7)
