@@ -63,7 +63,7 @@ def load_lm_eval_task(name: str, include_path: str | Path | None = None, data: s
     try:
         with task_source(tm, name, data) as spec:
             return tm.load([spec])["tasks"][name]
-    except (OSError, KeyError) as err:  # KeyError: a split that the local files lack  # no hub (ConnectionError), or local files that are not there
+    except (OSError, KeyError) as err:  # no hub (ConnectionError), missing local files, a split they lack
         where = "its local files (task_data)" if data else "the hub"
         raise StudyError(f"cannot load the documents of task '{name}' from {where}: {str(err).splitlines()[0]}; "
                          f"offline, give task_data.{name} (local files with the hub dataset's fields)") from None

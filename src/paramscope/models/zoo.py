@@ -14,6 +14,8 @@ from paramscope.errors import StudyError
 from paramscope.store import atomic_dir
 
 MODELS_ROOT = Path(os.environ.get("PARAMSCOPE_MODELS", "models"))
+# Subfolders of the models root (conf/common.yaml derives paths.trained and paths.baselines from them).
+TRAINED, BASELINES = "trained", "baselines"
 PROVENANCE = "paramscope.json"
 
 
@@ -30,7 +32,7 @@ def model_dirs(root: Path | None = None) -> dict[str, Path]:
     baselines (`baselines/`), and any model folder placed directly under the root."""
     root = Path(root or MODELS_ROOT)
     found: dict[str, Path] = {}
-    for base in (root / "trained", root / "baselines", root):  # stage outputs before stray folders
+    for base in (root / TRAINED, root / BASELINES, root):  # stage outputs before stray folders
         if base.is_dir():
             for d in sorted(base.iterdir()):
                 if (d / "config.json").is_file():
