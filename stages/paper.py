@@ -5,8 +5,11 @@ synthetic models and tasks; a profile of pretrained models (paper) gets `paper/p
 names no model or task and shows the tables and figures the report stages generated for it.
 """
 
+import os
 import re
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import hydra
@@ -30,13 +33,30 @@ def main(cfg: DictConfig) -> None:
     if name not in DOCUMENTS:
         raise StudyError(f"unknown paper_document '{name}'; valid: {', '.join(DOCUMENTS)}")
     folder = Path(cfg.paths.paper)
-    # -jobname=main: either document becomes main.pdf, the stage's one output
-    cmd = ["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", "-jobname=main", f"{name}.tex"]
-    proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        log = (folder / "main.log").read_text(errors="replace") if (folder / "main.log").is_file() else proc.stdout
-        raise StudyError(f"latexmk could not build {folder / name}.tex: {latex_error(log)} (see {folder}/main.log)")
+    build_pdf(folder, name)
 
+
+def build_pdf(folder: Path, name: str) -> None:
+    """Build `folder/name.tex` into `folder/main.pdf` from nothing, in a fresh build folder.
+
+    latexmk's state files from an earlier (failed) build would make it skip the build and re-read an
+    old log, so every build starts empty; the PDF replaces main.pdf only once it is whole.
+    """
+    build = Path(tempfile.mkdtemp(prefix=".build-", dir=folder))
+    try:
+        # -jobname=main: either document becomes main.pdf, the stage's one output
+        cmd = ["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", "-jobname=main",
+               f"-outdir={build.name}", f"{name}.tex"]
+        proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, check=False)
+        log = build / "main.log"
+        if log.is_file():  # kept beside the document, for the error message to point at
+            shutil.copyfile(log, folder / "main.log")
+        if proc.returncode != 0 or not (build / "main.pdf").is_file():
+            text = log.read_text(errors="replace") if log.is_file() else proc.stdout
+            raise StudyError(f"latexmk could not build {folder / name}.tex: {latex_error(text)} (see {folder}/main.log)")
+        os.replace(build / "main.pdf", folder / "main.pdf")
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
 
 if __name__ == "__main__":
     main()
