@@ -49,8 +49,9 @@ def build_pdf(folder: Path, name: str) -> None:
                f"-outdir={build.name}", f"{name}.tex"]
         proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, check=False)
         log = build / "main.log"
-        if log.is_file():  # kept beside the document, for the error message to point at
-            shutil.copyfile(log, folder / "main.log")
+        for record in (log, build / "main.fls"):  # the log and the list of files read, kept beside the document
+            if record.is_file():
+                shutil.copyfile(record, folder / record.name)
         if proc.returncode != 0 or not (build / "main.pdf").is_file():
             text = log.read_text(errors="replace") if log.is_file() else proc.stdout
             raise StudyError(f"latexmk could not build {folder / name}.tex: {latex_error(text)} (see {folder}/main.log)")

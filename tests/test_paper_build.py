@@ -34,4 +34,5 @@ def test_a_fixed_document_builds_after_a_failed_build(tmp_path):
     (tmp_path / "body.tex").write_text("Fixed.\n")
     paper_stage.build_pdf(tmp_path, "main")
     assert (tmp_path / "main.pdf").read_bytes().startswith(b"%PDF")
+    assert "body.tex" in (tmp_path / "main.fls").read_text(), "the record of files read is kept"
     assert not list(tmp_path.glob(".build-*")), "the build folder is removed"
