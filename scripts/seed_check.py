@@ -26,8 +26,9 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+from paramscope.data.synthetic import TASKS
+
 CONF = Path(__file__).resolve().parents[1] / "conf"
-TASKS = ("induction", "kv", "facts", "arith")
 # What every seed must show for the tiny study to mean anything (issue 13's bars).
 SCRATCH_FLOOR = {"induction": 0.9, "kv": 0.9, "facts": 0.9}
 GEN2_FACTS_DROP = 0.10   # gen2 at least this far below scratch on facts

@@ -59,5 +59,6 @@ def build_pdf(folder: Path, name: str) -> None:
     finally:
         shutil.rmtree(build, ignore_errors=True)
 
+
 if __name__ == "__main__":
     main()
