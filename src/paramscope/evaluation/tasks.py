@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+import hashlib
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -25,10 +25,26 @@ def task_data(cfg: DictConfig, task: str) -> str | None:
     return data_spec(task, spec.get("format", "json"), dict(spec.get("files") or {})) if spec else None
 
 
-@lru_cache(maxsize=64)
-def _cached_docs(name: str, include: str | None, data: str | None, tokenizer_key: str, tokenizer, split: str,
-                 seed: int, frac: float):
-    return build_docs(name, tokenizer, split, seed, frac, include, data=data)
+_DOCS: dict[tuple, TaskDocs] = {}
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """What decides how a tokenizer encodes: its whole serialised pipeline (vocabulary, merges,
+    normalisation, special tokens). Models saved with identical tokenizers share one fingerprint, so a
+    task's documents are built once per process, not once per model (lm-eval's templating costs seconds)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a slow tokenizer has no serialised form: identity is all we can trust
+        return f"{type(tokenizer).__name__}:{id(tokenizer)}"
+    text = backend.to_str() + repr(sorted(tokenizer.special_tokens_map.items()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _cached_docs(name: str, include: str | None, data: str | None, tokenizer, split: str, seed: int,
+                 frac: float) -> TaskDocs:
+    key = (name, include, data, tokenizer_fingerprint(tokenizer), split, seed, frac)
+    if key not in _DOCS:
+        _DOCS[key] = build_docs(name, tokenizer, split, seed, frac, include, data=data)
+    return _DOCS[key]
 
 
 def dev_fraction(cfg: DictConfig) -> float:
@@ -42,10 +58,9 @@ def split_definition(cfg: DictConfig) -> dict[str, float | int]:
 
 
 def task_docs(cfg: DictConfig, task: str, split: str, tokenizer) -> TaskDocs:
-    """The split's documents, built once per (task, split, tokenizer) within a process."""
+    """The split's documents, built once per (task, split, tokenizer content) within a process."""
     name, include = lm_eval_task(cfg, task)
-    key = tokenizer.name_or_path + str(len(tokenizer))
-    return _cached_docs(name, include, task_data(cfg, task), key, tokenizer, split, int(cfg.seed), dev_fraction(cfg))
+    return _cached_docs(name, include, task_data(cfg, task), tokenizer, split, int(cfg.seed), dev_fraction(cfg))
 
 
 def atlas_tasks(cfg: DictConfig) -> list[str]:
