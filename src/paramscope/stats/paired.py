@@ -11,6 +11,7 @@ All bootstraps are percentile intervals, vectorised over resamples, and determin
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -89,14 +90,26 @@ def _bootstrap_means(x: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
     One index row per resample is shared by all k conditions (the pairing).
     """
     k, n = x.shape
+    out = np.empty((n_resamples, k))
+    start = 0
+    for idx in _resample_indices(n, n_resamples, seed):  # (b, n) index matrices
+        out[start: start + len(idx)] = x[:, idx].mean(axis=2).T  # (k, b, n) -> (b, k)
+        start += len(idx)
+    return out
+
+
+@lru_cache(maxsize=4)
+def _resample_indices(n: int, n_resamples: int, seed: int) -> tuple[np.ndarray, ...]:
+    """The resampled document indices, drawn once per (n, n_resamples, seed): a map's rows all share one
+    seed and one document count, and drawing them again per row was most of a row's cost."""
     rng = np.random.default_rng(seed)
     block = max(1, _MAX_BLOCK_ELEMENTS // n)
-    out = np.empty((n_resamples, k))
+    blocks = []
     for start in range(0, n_resamples, block):
-        stop = min(start + block, n_resamples)
-        idx = rng.integers(0, n, size=(stop - start, n))  # (b, n) index matrix
-        out[start:stop] = x[:, idx].mean(axis=2).T  # (k, b, n) -> (b, k)
-    return out
+        idx = rng.integers(0, n, size=(min(start + block, n_resamples) - start, n))
+        idx.flags.writeable = False  # shared by every caller
+        blocks.append(idx)
+    return tuple(blocks)
 
 
 def _percentiles(values: np.ndarray, level: float) -> tuple[float, float]:
