@@ -113,3 +113,23 @@ def test_metric_is_the_scorers(docs):
     assert len(est) == len(list(unit_specs(adapter, "attn", "zero", 0.0)))
     assert all(p.grad is None for p in adapter.model.parameters())
     assert all(p.requires_grad for p in adapter.model.parameters())
+
+
+@pytest.mark.parametrize("choice_len", [1, 2])
+def test_metric_reads_each_choice_after_its_own_context(docs, choice_len):
+    """Multiple-context documents (winogrande): the screened metric is the scorer's, which scores
+    choice i after context i; the gold is the second option, whose context differs from the first's."""
+    from paramscope.evaluation.loglikelihood import MultiContextDoc
+
+    found, vocab = docs
+    adapter = model("gpt_neox", vocab)
+    tail = (4, 7)[:choice_len]
+    multi = tuple(
+        MultiContextDoc(doc_id=950 + k, context=(5, 9, 14 + k), choices=(tail, tail), choice_chars=(1, 1), gold=1,
+                        contexts=((5, 9, 14 + k), (6, 2, 11, 3 + k)))
+        for k in range(3)
+    )
+    scores = score(adapter.model, multi)
+    assert gated_metric(adapter, multi) == pytest.approx(scores.gold_ll.mean(), abs=1e-5)
+    first_context = tuple(Doc(d.doc_id, d.context, d.choices, d.choice_chars, d.gold) for d in multi)
+    assert gated_metric(adapter, first_context) != pytest.approx(scores.gold_ll.mean(), abs=1e-3)

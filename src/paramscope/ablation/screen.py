@@ -16,8 +16,9 @@ clean, so negative means the ablation hurts):
 - ``gold_logprob``: the gold choice's log-probability among the choices,
   gold_ll - logsumexp(choice lls), closer to what accuracy responds to.
 
-Documents with multi-token choices are scored as full context+choice sequences (the same sums of
-token log-probabilities the scorer computes, with gradients).
+Documents with multi-token choices, or with one context per choice (winogrande), are scored as full
+context+choice sequences, each choice after its own context (the same sums of token log-probabilities
+the scorer computes, with gradients).
 """
 
 from __future__ import annotations
@@ -54,10 +55,17 @@ def _single_token_lls(model, docs: Sequence[Doc]) -> list[Tensor]:
     return [logp[row, torch.tensor([c[0] for c in d.choices], device=dev)] for row, d in enumerate(docs)]
 
 
+def _choice_contexts(doc: Doc) -> tuple[tuple[int, ...], ...]:
+    """The context each choice follows: its own for a multiple-context document (lm-eval
+    `multiple_input`, e.g. winogrande), else the one shared context."""
+    return getattr(doc, "contexts", None) or (doc.context,) * len(doc.choices)
+
+
 def _full_sequence_lls(model, doc: Doc) -> Tensor:
-    """Choice log-likelihoods (with gradients) of one document, each choice appended to the context."""
+    """Choice log-likelihoods (with gradients) of one document, each choice appended to its context."""
     dev = next(model.parameters()).device
-    seqs = [doc.context + c for c in doc.choices]
+    contexts = _choice_contexts(doc)
+    seqs = [ctx + c for ctx, c in zip(contexts, doc.choices)]
     width = max(len(s) for s in seqs)
     ids = torch.zeros(len(seqs), width, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -65,10 +73,9 @@ def _full_sequence_lls(model, doc: Doc) -> Tensor:
         ids[row, : len(s)] = torch.tensor(s)
         mask[row, : len(s)] = 1
     hidden = model.base_model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False).last_hidden_state
-    n_ctx = len(doc.context)
     lls = []
-    for row, choice in enumerate(doc.choices):
-        positions = torch.arange(n_ctx - 1, n_ctx - 1 + len(choice), device=dev)
+    for row, (ctx, choice) in enumerate(zip(contexts, doc.choices)):
+        positions = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(choice), device=dev)
         logp = _log_probs(model, hidden[row, positions])
         lls.append(logp[torch.arange(len(choice), device=dev), torch.tensor(choice, device=dev)].sum())
     return torch.stack(lls)
@@ -82,14 +89,16 @@ def _doc_metric(lls: Tensor, gold: int, metric: str) -> Tensor:
 
 def _metric_sums(model, docs: Sequence[Doc], metric: str, batch_size: int) -> Iterator[Tensor]:
     """The metric summed over each batch of documents (single-token docs batched, others one by one)."""
-    single = [d for d in docs if all(len(c) == 1 for c in d.choices)]
-    single.sort(key=lambda d: len(d.context))
+    def batched(d: Doc) -> bool:  # one forward serves every choice: single tokens after one shared context
+        return all(len(c) == 1 for c in d.choices) and len(set(_choice_contexts(d))) == 1
+
+    single = sorted((d for d in docs if batched(d)), key=lambda d: len(d.context))
     for start in range(0, len(single), batch_size):
         batch = single[start : start + batch_size]
         lls = _single_token_lls(model, batch)
         yield torch.stack([_doc_metric(ll, d.gold, metric) for ll, d in zip(lls, batch)]).sum()
     for d in docs:
-        if not all(len(c) == 1 for c in d.choices):
+        if not batched(d):
             yield _doc_metric(_full_sequence_lls(model, d), d.gold, metric)
 
 
