@@ -39,3 +39,20 @@ def test_task_docs_are_built_once_for_two_copies_of_the_tokenizer(smoke_suite, t
     assert first is second and len(first.docs) > 0
     tasks.task_docs(cfg, "kv", "dev", copies[1])  # another split is other documents: built anew
     assert built == ["ps_kv", "ps_kv"]
+
+
+def test_a_task_folder_prepared_again_is_read_again(smoke_suite, tmp_path, monkeypatch):
+    import shutil
+
+    _, data = smoke_suite
+    folder = tmp_path / "tasks"
+    shutil.copytree(data / "tasks", folder)
+    cfg = make_cfg("ablate", ["profile=smoke", f"paths.tasks={folder}"])
+    tok = AutoTokenizer.from_pretrained(data / "tokenizer")
+    monkeypatch.setattr(tasks, "_DOCS", {})
+    before = tasks.task_docs(cfg, "kv", "test", tok)
+    jsonl = folder / "kv" / "eval.jsonl"
+    lines = jsonl.read_text().splitlines()
+    jsonl.write_text("\n".join(lines[: len(lines) // 2]) + "\n")  # a smaller task, same folder
+    after = tasks.task_docs(cfg, "kv", "test", tok)
+    assert 0 < len(after.docs) < len(before.docs)

@@ -39,9 +39,18 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _folder_state(folder: str | None) -> tuple:
+    """Names, sizes and modification times of a task folder's files: documents built before the
+    folder was prepared again are not reused."""
+    if folder is None:
+        return ()
+    return tuple((p.name, st.st_size, st.st_mtime_ns) for p in sorted(Path(folder).rglob("*"))
+                 if p.is_file() and (st := p.stat()))
+
+
 def _cached_docs(name: str, include: str | None, data: str | None, tokenizer, split: str, seed: int,
                  frac: float) -> TaskDocs:
-    key = (name, include, data, tokenizer_fingerprint(tokenizer), split, seed, frac)
+    key = (name, include, data, _folder_state(include), tokenizer_fingerprint(tokenizer), split, seed, frac)
     if key not in _DOCS:
         _DOCS[key] = build_docs(name, tokenizer, split, seed, frac, include, data=data)
     return _DOCS[key]
