@@ -296,6 +296,26 @@ def test_the_report_writes_macros_tables_and_figures(study, first_run, tmp_path)
         "transplant_summary.tex", "transplant_controls.tex", "transplant_paper.tex"}
 
 
+def test_the_grids_best_is_chosen_on_dev_and_reported_on_test(study, first_run):
+    """MaxTir/MaxGbr: the configuration with the best dev value, read on test; never a test maximum."""
+    from paramscope.report.transplant import Report
+
+    _, tmp = study
+    rows = load_results("transplant", root=tmp / "results", with_examples=True)
+    selected = rows[rows.method == "selected"]
+    first, second = sorted(set(selected.ranking))
+    dev_pick = (rows.method == "selected") & (rows.split == "dev")
+    test_pick = (rows.method == "selected") & (rows.split == "test")
+    rows.loc[dev_pick, "tir"] = np.where(rows.loc[dev_pick, "ranking"] == second, 2.0, 1.0)  # dev: second wins
+    rows.loc[test_pick, "tir"] = np.where(rows.loc[test_pick, "ranking"] == first, 3.0, 0.5)  # test: first would
+    cfg = make_cfg("report", ["profile=smoke", "topic=transplant", "report.n_resamples=1000"])
+    best = Report(cfg, rows).grid_max(rows.kind.iloc[0], "tir")
+    assert best.split == "test" and best.ranking == second and best.tir == 0.5
+    no_dev = rows[~dev_pick]
+    with pytest.raises(StudyError, match="have no dev counterpart"):
+        Report(cfg, no_dev).grid_max(rows.kind.iloc[0], "tir")
+
+
 def test_stage_bad_input_is_one_line_and_writes_nothing(tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled"}
     proc = subprocess.run([sys.executable, "stages/transplant.py", "profile=smoke", "alpha=1.5",
