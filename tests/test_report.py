@@ -216,6 +216,16 @@ def test_top_units_are_chosen_on_dev_and_reported_on_test(tmp_path):
     assert rep.macros["AtlasScratchKvHeadsTopUnit"] == "L0H0"
 
 
+def test_a_test_map_without_its_dev_map_is_an_error(tmp_path):
+    res = tmp_path / "results"
+    for model in ("scratch", "gen2"):
+        for split in SPLITS:
+            write_eval(res, eval_row(model, "kv", split, list(range(60)), [1] * 48 + [0] * 12))
+    write_map(res, [ablate_row("scratch", "kv", "test", "heads", 0, h, 0.001, -0.1) for h in range(3)])
+    with pytest.raises(StudyError, match=r"^the ablation map \(.*split=test.*\) has no dev counterpart"):
+        build(*load_inputs(res), Settings(n_resamples=1000, pairs=()))
+
+
 # ----------------------------------------------------------------------------------------- outputs
 
 

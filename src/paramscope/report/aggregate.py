@@ -307,13 +307,18 @@ def _maps(atlas: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
 def top_units(atlas: pd.DataFrame, s: Settings) -> pd.DataFrame:
     """The ``top_k`` most harmful units of each map, chosen on ``select_split``, reported on the map's split.
 
-    A map on the selection split (or one without a counterpart there) chooses on itself, and says so
-    in ``selected_on``.
+    A map on the selection split chooses on itself (``selected_on`` says so); a map on another split
+    without its selection-split counterpart is an error: choosing its top units on the documents they
+    are reported on would bias every number read from them.
     """
     maps = _maps(atlas)
     parts = []
     for key, m in maps.items():
         sel_key = (*key[:2], s.select_split, *key[3:])
+        if key[2] != s.select_split and sel_key not in maps:
+            what = ", ".join(f"{k}={v}" for k, v in zip(MAP_KEYS, key))
+            raise StudyError(f"the ablation map ({what}) has no {s.select_split} counterpart to choose its top "
+                             f"units on; run the grid on both splits (ablate.splits: [{s.select_split}, {key[2]}])")
         selector = maps.get(sel_key, m)
         chosen = _ranked(selector)[["layer", "unit", "delta_acc"]].head(s.top_k)
         chosen = chosen.rename(columns={"delta_acc": "sel_delta_acc"})
