@@ -106,7 +106,7 @@ def test_the_search_never_scores_a_test_document(study):
     assert any(ids == test[t] for during, ids in study["calls"] if not during for t in tasks)
 
 
-def test_each_task_gets_a_profile_chosen_on_dev_and_scored_on_both_splits(study):
+def test_each_task_gets_a_profile_chosen_on_dev_and_only_it_scored_on_test(study):
     df = rows(study, "search")
     cfg = study["cfg"]
     assert set(df.task) == set(cfg.tasks) and set(df.method) == {"coordinate", "cmaes"}
@@ -116,6 +116,8 @@ def test_each_task_gets_a_profile_chosen_on_dev_and_scored_on_both_splits(study)
         assert dev.selected.sum() == 1
         assert dev[dev.selected].dev_fitness.iloc[0] == dev.dev_fitness.max()  # chosen on dev alone
         assert (g[g.split == "dev"].delta_acc >= 0).all()  # the identity is in every search: never worse on dev
+        test = g[g.split == "test"]  # only the chosen method is scored on test
+        assert len(test) == 1 and test.selected.all() and test.method.iloc[0] == dev[dev.selected].method.iloc[0]
         assert (study["results"] / "optimize" / "profiles" / "scratch" / f"{task}-k6-b14-s0.json").is_file()
     assert study["counts"]["computed"] == 4 * 3 + 4 * 2  # search, control, transfer per task; 2 compress groups
 

@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "optimize"
 # Part of every cell's key: bump it when rows change shape or meaning.
-ROW_SCHEMA = 1
+ROW_SCHEMA = 2
 SPLITS = ("dev", "test")
 
 
@@ -196,7 +196,7 @@ class ModelJob:
     # ------------------------------------------------------------------ cells
 
     def search(self, task: str) -> Profile:
-        """Search every method on dev, then score each result on dev and test; returns the selected profile."""
+        """Search every method on dev, choose one on dev, score that one on test; returns the selected profile."""
         plan = self.plan
         candidates = rank_candidates(self.atlas, self.digest, task, self.units)[: plan.k]
         key, path = self._cell("search", f"search-{plan.tag}-", task=task, methods=plan.methods,
@@ -207,7 +207,9 @@ class ModelJob:
             found = [search_profile(self.adapter, dev, candidates, method, plan.settings, self.digest, task, self.name)
                      for method in plan.methods]
             chosen = select_on_dev(found)  # chosen before any test document is scored
-            rows = [self._search_row(result, result is chosen, task, split) for result in found for split in SPLITS]
+            # only the chosen method is scored on test: a test number per method would invite choosing there
+            rows = [self._search_row(result, result is chosen, task, split) for result in found for split in SPLITS
+                    if result is chosen or split == "dev"]
             df = self._write(rows, key, path, "search", task)
         for row in df[df.selected].itertuples(index=False):  # headline numbers for the W&B run
             self.summary[f"{self.name}/{task}/{row.split}_delta_acc"] = float(row.delta_acc)

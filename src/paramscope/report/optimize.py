@@ -305,15 +305,17 @@ def search_table(search: pd.DataFrame, control: pd.DataFrame, s: Settings) -> st
     for (model, task), g in search.groupby(["model", "task"], sort=False):
         c = control[(control.model == model) & (control.task == task)].iloc[0]
         for method, h in g.groupby("method", sort=False):
-            dev, test = h[h.split == s.select_split].iloc[0], h[h.split == s.split].iloc[0]
+            dev = h[h.split == s.select_split].iloc[0]
             mark = r"$^\ast$" if dev.selected else ""
-            rand = tex.pct(c.delta_acc_mean) if dev.selected else ""
-            mnat = [tex.num(1000 * x, 1) for x in (test.delta_ll, test.ll_ci_low, test.ll_ci_high)]
+            if dev.selected:  # only the method chosen on dev is ever scored on test
+                test = h[h.split == s.split].iloc[0]
+                mnat = [tex.num(1000 * x, 1) for x in (test.delta_ll, test.ll_ci_low, test.ll_ci_high)]
+                on_test = [f"{tex.pct(test.delta_acc)} {tex.ci(test.ci_low, test.ci_high)}",
+                           f"{mnat[0]} [{mnat[1]}, {mnat[2]}]", tex.pct(c.delta_acc_mean), tex.pval(c.p_acc)]
+            else:
+                on_test = [tex.DASH, tex.DASH, "", ""]
             rows.append([tex.escape(task), tex.escape(method) + mark, str(int(dev.n_factors)),
-                         f"{tex.pct(dev.delta_acc)} {tex.ci(dev.ci_low, dev.ci_high)}",
-                         f"{tex.pct(test.delta_acc)} {tex.ci(test.ci_low, test.ci_high)}",
-                         f"{mnat[0]} [{mnat[1]}, {mnat[2]}]",
-                         rand, tex.pval(c.p_acc) if dev.selected else ""])
+                         f"{tex.pct(dev.delta_acc)} {tex.ci(dev.ci_low, dev.ci_high)}", *on_test])
         rows.append(None)
     return tex.booktabs(header, rows, "llrllll r".replace(" ", ""))
 
