@@ -13,6 +13,7 @@ git clone --quiet "$repo" "$where"
 cd "$where"
 sed -i "s/^seed: 0$/seed: $seed/" conf/common.yaml
 grep -q "^seed: $seed$" conf/common.yaml || { echo "seed_study.sh: conf/common.yaml has no 'seed: 0' line" >&2; exit 1; }
+export PYTHONPATH="$where/src${PYTHONPATH:+:$PYTHONPATH}"  # this clone's code, whatever is installed
 start=$SECONDS
 dvc repro aggregate report-transplant report-structure report-optimize report-vps >"$where.log" 2>&1 \
   || { tail -5 "$where.log"; exit 1; }
