@@ -136,3 +136,76 @@ def test_a_block_that_does_not_add_up_falls_back_to_re_running_it(docs, monkeypa
         with apply(adapter, [spec]):
             expected = score(adapter.model, found, BATCH)
         np.testing.assert_allclose(np.stack(scores.lls), np.stack(expected.lls), rtol=0, atol=ATOL)
+
+
+# ------------------------------------------------------------------ branched scores (any intervention)
+
+def _variants_and_loops(adapter, found):
+    """Weight edits and statistic-based hooks, each as a branched variant and as the loop scores it."""
+    from contextlib import contextmanager
+
+    import torch
+
+    from paramscope.ablation.atlas import resample_pool, site_stats
+    from paramscope.ablation.weights import edited, first_layer, magnitude_units, matrix_units
+
+    means, _ = site_stats(adapter, found, "heads", BATCH)
+    pool = resample_pool(adapter, found, "neurons", seed=0, batch_size=BATCH)
+    matrices = list(matrix_units(adapter))
+    weight_units = [matrices[len(matrices) // 2], matrices[-1], next(iter(magnitude_units(adapter, 4)))]
+    hook_specs = [
+        (UnitSpec("heads", 1, (0,), "mean"), {"means": means}),
+        (UnitSpec("heads", adapter.n_layers - 1, (1,), "noise", 0.5), {"seed": 7}),
+        (UnitSpec("neurons", 0, tuple(range(16)), "resample"), {"pool": pool}),
+    ]
+
+    def hooks(spec, seed=None, **kw):
+        @contextmanager
+        def enter(ids, mask):
+            gen = kw_gen.setdefault(id(spec), torch.Generator().manual_seed(seed)) if seed is not None else None
+            with apply(adapter, [spec], generator=gen, **kw):
+                if kw.get("pool") is not None:
+                    kw["pool"].choose_rows(ids, mask, cached=False)
+                yield
+        return enter
+
+    kw_gen: dict = {}
+    variants = [(first_layer(adapter, u), lambda ids, mask, u=u: edited(adapter, u, "zero")) for u in weight_units]
+    variants += [(spec.layer, hooks(spec, **kw)) for spec, kw in hook_specs]
+    loops = []
+    for u in weight_units:
+        with edited(adapter, u, "zero"):
+            loops.append(score(adapter.model, found, BATCH))
+    for spec, kw in hook_specs:
+        gen = torch.Generator().manual_seed(kw["seed"]) if "seed" in kw else None
+        with apply(adapter, [spec], generator=gen, means=kw.get("means"), pool=kw.get("pool")):
+            loops.append(score(adapter.model, found, BATCH))
+    return variants, loops
+
+
+def test_branched_scores_equal_the_loop_for_weight_edits_and_statistic_hooks(setup):
+    from paramscope.ablation.engine import branched_scores
+
+    adapter, found, clean, _ = setup
+    variants, loops = _variants_and_loops(adapter, found)
+    result = branched_scores(adapter, found, variants, batch_size=BATCH)
+    assert len(result) == len(loops)
+    moved = 0.0
+    for got, want in zip(result, loops):
+        np.testing.assert_array_equal(got.doc_ids, want.doc_ids)
+        np.testing.assert_allclose(np.stack(got.lls), np.stack(want.lls), rtol=0, atol=ATOL)
+        np.testing.assert_array_equal(got.correct, want.correct)
+        moved = max(moved, np.abs(np.stack(want.lls) - np.stack(clean.lls)).max())
+    assert moved > 1e-2, "no variant changed anything: the comparison proves nothing"
+    # every edit was undone: the model scores as the clean model again
+    np.testing.assert_array_equal(np.stack(score(adapter.model, found, BATCH).lls), np.stack(clean.lls))
+
+
+def test_branched_scores_reject_a_first_block_outside_the_model(setup):
+    from contextlib import nullcontext
+
+    from paramscope.ablation.engine import branched_scores
+
+    adapter, found, _, _ = setup
+    with pytest.raises(ValueError, match="first block"):
+        branched_scores(adapter, found, [(adapter.n_layers, lambda ids, mask: nullcontext())])

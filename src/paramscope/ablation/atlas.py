@@ -4,9 +4,11 @@ A *map* (model x task x split x group x op x value) is one grid cell and one Par
 are the units. Statistics per row are paired against the clean model on the same documents.
 
 Activation groups (heads, neurons, attn, mlp, layers) take every op: `zero` and `scale` run on the fast
-engine; `mean`, `noise` and `resample` on the plain loop, with reference activations from the task's
-dev documents (`site_stats`, `resample_pool`; see `resample` for how each example's donor is drawn). Weight groups (matrix, magnitude, random; see `weights`) take `zero` and `scale` and run
-on the plain loop with the weights edited reversibly.
+engine; `mean`, `noise` and `resample` under the intervention's hooks, with reference activations from
+the task's dev documents (`site_stats`, `resample_pool`; see `resample` for how each example's donor is
+drawn). Weight groups (matrix, magnitude, random; see `weights`) take `zero` and `scale`, with the
+weights edited reversibly. Both run through `engine.branched_scores`: blocks before the ablated one
+come from one clean forward per batch of documents, not one per unit.
 
 `mean`, `noise` and `resample` references are taken at the *last context position* of each dev document, not over
 all tokens: that position is the one whose output the scorer reads (it predicts every single-token
@@ -19,15 +21,15 @@ value=1 is noise as large as the unit's natural variation; it is seeded per unit
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
-from paramscope.ablation.engine import FAST_OPS, fast_map
+from paramscope.ablation.engine import FAST_OPS, branched_scores, fast_map
 from paramscope.ablation.interventions import (
     GROUPS,
     Site,
@@ -42,12 +44,12 @@ from paramscope.ablation.units import unit_label, unit_name, unit_specs
 from paramscope.ablation.weights import (
     WEIGHT_GROUPS,
     WEIGHT_OPS,
-    WeightUnit,
     edited,
+    first_layer,
     weight_units,
 )
 from paramscope.evaluation.requests import Doc
-from paramscope.evaluation.scorer import Scores, score
+from paramscope.evaluation.scorer import Scores
 from paramscope.models.adapters import Adapter
 from paramscope.stats import paired_bootstrap_ci, paired_delta_summary
 
@@ -166,21 +168,24 @@ def ablation_map(
             pool = resample_pool(adapter, reference, group, seed, batch_size)
         else:
             means, stds = site_stats(adapter, reference, group, batch_size)
-        results = []
         specs = list(unit_specs(adapter, group, op if op in ("mean", "resample") else "scale", 0.0, neuron_block))
-        for i, base in enumerate(tqdm(specs, leave=False)):
+        variants = []
+        dev = next(adapter.model.parameters()).device
+        for i, base in enumerate(specs):
             if op == "mean":
-                results.append((base, _loop_scores(adapter, docs, base, batch_size, means=means)))
+                variants.append((base, _hooks(adapter, base, means=means)))
             elif op == "resample":
-                results.append((base, _loop_scores(adapter, docs, base, batch_size, pool=pool)))
+                variants.append((base, _hooks(adapter, base, pool=pool)))
             else:
                 spec = UnitSpec(base.group, base.layer, base.units, "noise", value * matched_std(adapter, base, stds))
-                dev = next(adapter.model.parameters()).device
                 gen = torch.Generator(dev).manual_seed(int(seed) * 1_000_003 + i)
-                results.append((spec, _loop_scores(adapter, docs, spec, batch_size, generator=gen)))
+                variants.append((spec, _hooks(adapter, spec, generator=gen)))
+        scored = branched_scores(adapter, docs, [(spec.layer, enter) for spec, enter in variants], batch_size)
+        results = [(spec, s) for (spec, _), s in zip(variants, scored)]
     else:
-        results = [(spec, _loop_scores(adapter, docs, spec, batch_size))
-                   for spec in tqdm(list(unit_specs(adapter, group, op, value, neuron_block)), leave=False)]
+        specs = list(unit_specs(adapter, group, op, value, neuron_block))
+        results = list(zip(specs, branched_scores(adapter, docs, [(s.layer, _hooks(adapter, s)) for s in specs],
+                                                  batch_size)))
     if op == "zero" and group in SCREENED_GROUPS:
         # The first-order screen, stored beside the exact map to be judged against it, never used for it.
         screen = attribution_screen(adapter, docs, group, neuron_block, op, value, batch_size=batch_size,
@@ -209,8 +214,9 @@ def _weight_map(adapter: Adapter, docs: tuple[Doc, ...], group: str, op: str, va
     if op not in WEIGHT_OPS:
         raise ValueError(f"op '{op}' is for activation groups; weight group '{group}' takes {', '.join(WEIGHT_OPS)}")
     rows = []
-    for unit in tqdm(list(weight_units(adapter, group, magnitude_bins, seed)), leave=False):
-        ablated = _weight_scores(adapter, docs, unit, op, value, batch_size)
+    units = list(weight_units(adapter, group, magnitude_bins, seed))
+    variants = [(first_layer(adapter, unit), _edits(adapter, unit, op, value)) for unit in units]
+    for unit, ablated in zip(units, branched_scores(adapter, docs, variants, batch_size)):
         rows.append(
             {
                 "group": group,
@@ -226,18 +232,23 @@ def _weight_map(adapter: Adapter, docs: tuple[Doc, ...], group: str, op: str, va
     return pd.DataFrame(rows)
 
 
-def _weight_scores(adapter: Adapter, docs: tuple[Doc, ...], unit: WeightUnit, op: str, value: float,
-                   batch_size: int) -> Scores:
-    with edited(adapter, unit, op, value):
-        return score(adapter.model, docs, batch_size)
+def _edits(adapter: Adapter, unit, op: str, value: float):
+    """A `branched_scores` variant's context: the unit's weights edited for the batch."""
+    return lambda ids, mask: edited(adapter, unit, op, value)
 
 
-def _loop_scores(adapter: Adapter, docs: tuple[Doc, ...], spec: UnitSpec, batch_size: int,
-                 means: Mapping[Site, Tensor] | None = None, generator: torch.Generator | None = None,
-                 pool: ResamplePool | None = None) -> Scores:
-    """The plain way: the whole model scored once with one unit ablated."""
-    with apply(adapter, [spec], means=means, generator=generator, pool=pool):
-        return score(adapter.model, docs, batch_size)
+def _hooks(adapter: Adapter, spec: UnitSpec, means: Mapping[Site, Tensor] | None = None,
+           generator: torch.Generator | None = None, pool: ResamplePool | None = None):
+    """A `branched_scores` variant's context: the spec's hooks for one batch (a resampling pool picks
+    the batch's donors from its ids, since branched blocks run without the base model's forward)."""
+    @contextmanager
+    def enter(ids: Tensor, mask: Tensor) -> Iterator[None]:
+        with apply(adapter, [spec], means=means, generator=generator, pool=pool):
+            if pool is not None:
+                pool.choose_rows(ids, mask, cached=False)
+            yield
+
+    return enter
 
 
 def effect(df: pd.DataFrame) -> np.ndarray:

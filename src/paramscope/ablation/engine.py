@@ -47,8 +47,8 @@ loop (`apply` + `score`, i.e. the scorer's shared-context path) and are merged b
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,6 +133,23 @@ def _padded(docs: Sequence[Doc], device: torch.device) -> tuple[Tensor, Tensor, 
         ids[row, : lengths[row]] = torch.tensor(d.context)
         mask[row, : lengths[row]] = 1
     return ids.to(device), mask.to(device), torch.tensor(lengths, device=device) - 1
+
+
+def _choice_ids(docs: Sequence[Doc], device: torch.device) -> tuple[list[int], Tensor]:
+    """Each doc's number of choices, and its one-token choice ids padded to a (docs, max choices) grid."""
+    n_choices = [len(d.choices) for d in docs]
+    choice_ids = torch.zeros(len(docs), max(n_choices), dtype=torch.long)
+    for row, d in enumerate(docs):
+        choice_ids[row, : n_choices[row]] = torch.tensor([c[0] for c in d.choices])
+    return n_choices, choice_ids.to(device)
+
+
+def _read_choices(adapter: Adapter, hidden: Tensor, read: Tensor, choice_ids: Tensor, n_variants: int) -> np.ndarray:
+    """Choice log-probabilities [variant, doc, choice] from the last block's output at positions `read`."""
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    final = adapter.final_norm()(hidden[rows, read])
+    logp = F.log_softmax(adapter.unembedding()(final).float(), dim=-1).unflatten(0, (n_variants, -1))
+    return logp.gather(-1, choice_ids.expand(n_variants, -1, -1)).double().cpu().numpy()
 
 
 def _input_of(args: tuple, kwargs: dict) -> Tensor:
@@ -384,9 +401,7 @@ def _fast_single_token(
     rebuild: bool,
 ) -> list[list[np.ndarray]]:
     """lls[s][i]: choice log-likelihoods of doc i with spec s applied (every choice one token)."""
-    model = adapter.model
-    dev = next(model.parameters()).device
-    norm, unembed = adapter.final_norm(), adapter.unembedding()
+    dev = next(adapter.model.parameters()).device
     by_site: dict[tuple[int, str], list[int]] = {}  # variants that branch at the same site
     for s, spec in enumerate(specs):
         by_site.setdefault((spec.layer, spec.group), []).append(s)
@@ -401,11 +416,7 @@ def _fast_single_token(
         batch_docs = [docs[i] for i in idx]
         ids, mask, last = _padded(batch_docs, dev)
         n_docs, width = ids.shape
-        n_choices = [len(d.choices) for d in batch_docs]
-        choice_ids = torch.zeros(n_docs, max(n_choices), dtype=torch.long)
-        for row, d in enumerate(batch_docs):
-            choice_ids[row, : n_choices[row]] = torch.tensor([c[0] for c in d.choices])
-        choice_ids = choice_ids.to(dev)
+        n_choices, choice_ids = _choice_ids(batch_docs, dev)
         trunk = _trunk(adapter, ids, mask, wanted)
         per_chunk = max(1, max_batch_tokens // (n_docs * width))
         for (layer, group), members in sorted(by_site.items()):
@@ -423,9 +434,7 @@ def _fast_single_token(
                 else:
                     with gated(adapter, {(group, layer): gate}):
                         hidden = _run_blocks(adapter, trunk, layer, tiler(trunk.block_in(layer)), tiler, read)
-                final = norm(hidden[torch.arange(hidden.shape[0], device=dev), read])
-                logp = F.log_softmax(unembed(final).float(), dim=-1).unflatten(0, (len(chunk), n_docs))
-                picked = logp.gather(-1, choice_ids.expand(len(chunk), -1, -1)).double().cpu().numpy()
+                picked = _read_choices(adapter, hidden, read, choice_ids, len(chunk))
                 for v, s in enumerate(chunk):
                     for row, i in enumerate(idx):
                         out[s][i] = picked[v, row, : n_choices[row]].copy()
@@ -479,7 +488,57 @@ def fast_map(
                 ablated = score(adapter.model, multi_docs, batch_size)
             for j, i in enumerate(multi):
                 lls[s][i] = ablated.lls[j]
+    return list(zip(specs, _as_scores(docs, lls)))
+
+
+def _as_scores(docs: Sequence[Doc], lls: list[list[np.ndarray]]) -> list[Scores]:
     doc_ids = np.array([d.doc_id for d in docs])
     gold = np.array([d.gold for d in docs])
     chars = [np.array(d.choice_chars, dtype=np.float64) for d in docs]
-    return [(spec, Scores(doc_ids=doc_ids, lls=lls[s], gold=gold, choice_chars=chars)) for s, spec in enumerate(specs)]
+    return [Scores(doc_ids=doc_ids, lls=per_doc, gold=gold, choice_chars=chars) for per_doc in lls]
+
+
+# A variant of `branched_scores`: the first block it can change, and a context that applies it for one
+# batch, given the batch's input ids and attention mask (resampling picks each row's donor from them).
+Variant = tuple[int, Callable[[Tensor, Tensor], AbstractContextManager]]
+
+
+@torch.inference_mode()
+def branched_scores(adapter: Adapter, docs: Sequence[Doc], variants: Sequence[Variant], batch_size: int = 64,
+                    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS) -> list[Scores]:
+    """The model scored under each variant in turn (weight edits, or hooks of any intervention), with
+    blocks before the variant's first changed block taken from one clean trunk per batch of documents:
+    the loop's result (`score` under the variant) to float rounding, at the cost of the blocks that
+    can differ. Documents with a multi-token choice take the plain loop."""
+    if adapter.model.training:
+        raise ValueError("the model is in training mode: call .eval() (dropout would randomise every score)")
+    for first, _ in variants:
+        if not 0 <= first < adapter.n_layers:
+            raise ValueError(f"a variant's first block must be in 0..{adapter.n_layers - 1}, got {first}")
+    docs = list(docs)
+    dev = next(adapter.model.parameters()).device
+    lls: list[list[np.ndarray]] = [[None] * len(docs) for _ in variants]  # type: ignore[list-item]
+    single = [i for i, d in enumerate(docs) if _is_single_token(d)]
+    multi = [i for i, d in enumerate(docs) if not _is_single_token(d)]
+    trunk_tokens = max(1, max_batch_tokens // adapter.n_layers)
+    for idx in _doc_batches([len(docs[i].context) for i in single], batch_size, trunk_tokens):
+        batch_docs = [docs[single[j]] for j in idx]
+        ids, mask, last = _padded(batch_docs, dev)
+        n_choices, choice_ids = _choice_ids(batch_docs, dev)
+        trunk = _trunk(adapter, ids, mask, ())
+        tiler = _Tiler(len(batch_docs), 1)
+        for v, (first, enter) in enumerate(variants):
+            with enter(ids, mask):
+                hidden = _run_blocks(adapter, trunk, first, trunk.block_in(first), tiler, last)
+                picked = _read_choices(adapter, hidden, last, choice_ids, 1)
+            for row, j in enumerate(idx):
+                lls[v][single[j]] = picked[0, row, : n_choices[row]].copy()
+    if multi:
+        multi_docs = [docs[i] for i in multi]
+        for v, (_, enter) in enumerate(variants):
+            ids, mask, _ = _padded(multi_docs[:1], dev)  # the loop's own forward picks rows per batch
+            with enter(ids, mask):
+                loop = score(adapter.model, multi_docs, batch_size)
+            for j, i in enumerate(multi):
+                lls[v][i] = loop.lls[j]
+    return _as_scores(docs, lls)

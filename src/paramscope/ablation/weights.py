@@ -145,6 +145,11 @@ def weight_units(adapter: Adapter, group: str, n_bins: int = 10, seed: int = 0) 
     raise ValueError(f"unknown weight group '{group}'; valid: {', '.join(WEIGHT_GROUPS)}")
 
 
+def first_layer(adapter: Adapter, unit: WeightUnit) -> int:
+    """The first block whose output the unit's edit changes (the earliest layer among its matrices)."""
+    return min(_layer_of(adapter, name) for name in unit.entries)
+
+
 @contextmanager
 def edited(adapter: Adapter, unit: WeightUnit, op: str = "zero", value: float = 0.0) -> Iterator[Adapter]:
     """The model with `unit`'s entries zeroed (`op="zero"`) or scaled by `value` (`op="scale"`).
