@@ -173,18 +173,18 @@ def ablation_map(
         dev = next(adapter.model.parameters()).device
         for i, base in enumerate(specs):
             if op == "mean":
-                variants.append((base, _hooks(adapter, base, means=means)))
+                variants.append((base, hook_variant(adapter, base, means=means)))
             elif op == "resample":
-                variants.append((base, _hooks(adapter, base, pool=pool)))
+                variants.append((base, hook_variant(adapter, base, pool=pool)))
             else:
                 spec = UnitSpec(base.group, base.layer, base.units, "noise", value * matched_std(adapter, base, stds))
                 gen = torch.Generator(dev).manual_seed(int(seed) * 1_000_003 + i)
-                variants.append((spec, _hooks(adapter, spec, generator=gen)))
+                variants.append((spec, hook_variant(adapter, spec, generator=gen)))
         scored = branched_scores(adapter, docs, [(spec.layer, enter) for spec, enter in variants], batch_size)
         results = [(spec, s) for (spec, _), s in zip(variants, scored)]
     else:
         specs = list(unit_specs(adapter, group, op, value, neuron_block))
-        results = list(zip(specs, branched_scores(adapter, docs, [(s.layer, _hooks(adapter, s)) for s in specs],
+        results = list(zip(specs, branched_scores(adapter, docs, [(s.layer, hook_variant(adapter, s)) for s in specs],
                                                   batch_size)))
     if op == "zero" and group in SCREENED_GROUPS:
         # The first-order screen, stored beside the exact map to be judged against it, never used for it.
@@ -215,7 +215,7 @@ def _weight_map(adapter: Adapter, docs: tuple[Doc, ...], group: str, op: str, va
         raise ValueError(f"op '{op}' is for activation groups; weight group '{group}' takes {', '.join(WEIGHT_OPS)}")
     rows = []
     units = list(weight_units(adapter, group, magnitude_bins, seed))
-    variants = [(first_layer(adapter, unit), _edits(adapter, unit, op, value)) for unit in units]
+    variants = [(first_layer(adapter, unit), weight_variant(adapter, unit, op, value)) for unit in units]
     for unit, ablated in zip(units, branched_scores(adapter, docs, variants, batch_size)):
         rows.append(
             {
@@ -232,12 +232,12 @@ def _weight_map(adapter: Adapter, docs: tuple[Doc, ...], group: str, op: str, va
     return pd.DataFrame(rows)
 
 
-def _edits(adapter: Adapter, unit, op: str, value: float):
+def weight_variant(adapter: Adapter, unit, op: str, value: float):
     """A `branched_scores` variant's context: the unit's weights edited for the batch."""
     return lambda ids, mask: edited(adapter, unit, op, value)
 
 
-def _hooks(adapter: Adapter, spec: UnitSpec, means: Mapping[Site, Tensor] | None = None,
+def hook_variant(adapter: Adapter, spec: UnitSpec, means: Mapping[Site, Tensor] | None = None,
            generator: torch.Generator | None = None, pool: ResamplePool | None = None):
     """A `branched_scores` variant's context: the spec's hooks for one batch (a resampling pool picks
     the batch's donors from its ids, since branched blocks run without the base model's forward)."""
