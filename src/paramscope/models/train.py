@@ -241,7 +241,8 @@ def train_variant(cfg: DictConfig, name: str, models_dir: Path, data_dir: Path, 
         init_dir = models_dir / spec.init
         if not init_dir.is_dir():
             raise StudyError(f"variant '{name}' starts from '{spec.init}', but {init_dir} does not exist")
-        model = AutoModelForCausalLM.from_pretrained(init_dir, attn_implementation="eager")
+        model = AutoModelForCausalLM.from_pretrained(
+            init_dir, attn_implementation=cfg.train.get("attn_implementation", "eager"))
     loader, corpus = _loader(cfg, spec, data_dir, tokenizer)  # fails (e.g. offline) before anything is saved
     accumulate = int(cfg.train.get("accumulate", 1))
     ckpt_dir = checkpoint_dir(cfg, name)
