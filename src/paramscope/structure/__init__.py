@@ -2,6 +2,6 @@
 
 One module per job: `units` (which units each weight entry links), `null_test` (entries and edges
 against the step-0 null, with FDR), `anneal` (structural annealing and its magnitude control),
-`components` (dependency graph, connected components, decomposed inference), `weibull` (the Weibull
+`components` (dependency graph, connected components, the components run apart), `weibull` (the Weibull
 diagnostic of a matrix), `run` (the stage's grid of cells).
 """

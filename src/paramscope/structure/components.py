@@ -10,12 +10,15 @@ between blocks). A unit with no surviving entry is *isolated*: it can be dropped
 all residual channels, so a network component is a statement about weights, not an exact split of the
 computation across blocks.
 
-**Decomposed inference** is exact where the structure allows it: inside each projection, the bipartite
-graph (output rows + input columns, one edge per non-zero entry) splits the masked matrix into
-components; after permuting rows and columns the matrix is block-diagonal with one dense block per
-component (rows without entries output only their bias). `decomposed` runs every projection as those
-independent block products instead of one dense product, and the study checks that the logits equal
-the masked dense model's.
+**Components run apart** (`substructure_logits`): each non-trivial network component is run as a
+model of its own: only its surviving entries (every other entry zeroed) and only its residual channels
+written by the embeddings (its own inputs). Were the components independent computations, the masked
+model's last residual stream would be the sum of theirs (biases counted once), so the logits read out
+from that sum are compared with the masked model's. Layer norms and the nonlinearities couple
+components, and residual channels in no component still enter every layer norm, so the difference is
+whatever it is, reported as measured. (Within one projection the non-zero blocks (`matrix_blocks`)
+are a statement about that matrix alone: running them as separate products only reorders the same
+sums, so it is not a check.)
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
 from paramscope.models.adapters import Adapter, weight_in_out
+from paramscope.structure.anneal import masked
 from paramscope.structure.units import KINDS, MatrixRole
 
 
@@ -137,33 +141,78 @@ def matrix_blocks(weight: torch.Tensor) -> list[Block]:
     return blocks
 
 
-def _block_forward(blocks: list[Block], bias: torch.Tensor | None, d_out: int):
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        out = x.new_zeros(*x.shape[:-1], d_out)
-        for block in blocks:
-            out[..., block.rows] = x[..., block.cols] @ block.weight.T
-        return out if bias is None else out + bias
-    return forward
+def network_labels(graph: sparse.csr_matrix) -> np.ndarray:
+    """Component of every node of the network graph; -1 for nodes without any surviving entry."""
+    _, labels = connected_components(graph, directed=False)
+    degree = np.asarray(graph.sum(axis=1)).ravel()
+    return np.where(degree > 0, labels, -1)
+
+
+def _input_embeddings(adapter: Adapter) -> list[torch.nn.Parameter]:
+    """Every embedding that writes the residual stream: tokens, and positions where the family adds
+    them (GPT-2/Neo's `wpe`)."""
+    found = [adapter.embeddings().weight]
+    position = getattr(adapter.model.base_model, "wpe", None)
+    if position is not None:
+        found.append(position.weight)
+    return found
 
 
 @contextmanager
-def decomposed(adapter: Adapter) -> Iterator[dict[str, list[Block]]]:
-    """Every projection computed as independent block products of its current (masked) weights.
-
-    Replaces each module's `forward` for the duration (hooks still run) and restores it on exit.
-    Yields the blocks by module name.
-    """
-    found: dict[str, list[Block]] = {}
-    modules = adapter.linear_modules()
+def only_channels(adapter: Adapter, channels: np.ndarray) -> Iterator[None]:
+    """The embeddings write only residual `channels` (the others' columns zeroed, restored on exit)."""
+    saved = []
+    drop = torch.from_numpy(np.setdiff1d(np.arange(adapter.d_model), channels))
     try:
-        for name, module in modules.items():
-            weight = weight_in_out(module)
-            found[name] = matrix_blocks(weight)
-            module.forward = _block_forward(found[name], module.bias, weight.shape[0])
-        yield found
+        with torch.no_grad():
+            for weight in _input_embeddings(adapter):
+                saved.append((weight, weight[:, drop].clone()))
+                weight[:, drop] = 0.0
+        yield
     finally:
-        for module in modules.values():
-            module.__dict__.pop("forward", None)
+        with torch.no_grad():
+            for weight, old in saved:
+                weight[:, drop] = old
+
+
+def _last_residual(adapter: Adapter, ids: torch.Tensor) -> torch.Tensor:
+    """The last block's output (the residual stream before the final norm) for `ids`."""
+    seen: list[torch.Tensor] = []
+    handle = adapter.block(adapter.n_layers - 1).register_forward_hook(
+        lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        adapter.model.base_model(input_ids=ids, use_cache=False)
+    finally:
+        handle.remove()
+    return seen[-1]
+
+
+@torch.inference_mode()
+def substructure_logits(adapter: Adapter, roles: Mapping[str, MatrixRole], kept: Mapping[str, np.ndarray],
+                        nodes: NodeIndex, contexts: list[torch.Tensor]
+                        ) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
+    """(the model's logits, the logits of its network components run apart and recombined, the number
+    of components) for each context (1 x T ids), with the model as it is now (masked by the caller to
+    `kept`). Each component keeps only its entries and its own residual channels' embeddings; the
+    recombined residual is sum_c h_c - (m - 1) h_0, where h_0 is the run with no entries and no inputs
+    (the biases alone, which every component's run contains once)."""
+    labels = network_labels(dependency_graph(roles, kept, nodes))
+    components = [int(c) for c in np.unique(labels) if c >= 0]
+    entry_labels = {name: labels[role.residual_and_unit(kept[name].shape)[0]] for name, role in roles.items()}
+    norm, unembed = adapter.final_norm(), adapter.unembedding()
+    runs: list[list[torch.Tensor]] = []
+    for c in [*components, None]:  # None: no entries, no inputs
+        outside = {n: kept[n] & (entry_labels[n] != c) for n in roles}
+        channels = np.flatnonzero(labels[: nodes.d_model] == c) if c is not None else np.zeros(0, dtype=int)
+        with masked(adapter, outside), only_channels(adapter, channels):
+            runs.append([_last_residual(adapter, ids) for ids in contexts])
+    *parts, empty = runs
+    reference, recombined = [], []
+    for i, ids in enumerate(contexts):
+        reference.append(adapter.model(input_ids=ids).logits[0].float().cpu())
+        h = sum((p[i] for p in parts), torch.zeros_like(empty[i])) - (len(parts) - 1) * empty[i]
+        recombined.append(unembed(norm(h))[0].float().cpu())
+    return reference, recombined, len(components)
 
 
 def block_table(blocks: Mapping[str, list[Block]], roles: Mapping[str, MatrixRole], shapes: Mapping[str, tuple[int, int]]) -> pd.DataFrame:
