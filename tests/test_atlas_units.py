@@ -21,8 +21,8 @@ from paramscope.ablation.weights import (
     edited,
     magnitude_units,
     matrix_magnitude_units,
-    matrix_type,
     matrix_units,
+    projection_kind,
     random_units,
 )
 from paramscope.evaluation.requests import Doc
@@ -93,20 +93,21 @@ def test_weight_edits_restore_on_exception(setup):
 
 
 @pytest.mark.parametrize("n_bins", [3, 10])
-def test_magnitude_bins_partition_each_matrix_type(setup, n_bins):
+def test_magnitude_bins_partition_each_projection_kind(setup, n_bins):
     adapter, _ = setup
     modules = adapter.linear_modules()
+    kinds = list(dict.fromkeys(projection_kind(adapter, name) for name in modules))
+    assert len(kinds) == 4  # q/k/v (fused), output, MLP in, MLP out: never pooled with each other
     bins = list(magnitude_units(adapter, n_bins))
-    assert len(bins) == 2 * n_bins and [b.unit for b in bins] == list(range(2 * n_bins))
+    assert len(bins) == len(kinds) * n_bins and [b.unit for b in bins] == list(range(len(kinds) * n_bins))
     counts = {name: torch.zeros(m.weight.numel(), dtype=torch.long) for name, m in modules.items()}
     for b in bins:
-        kinds = {matrix_type(adapter, name) for name in b.entries}
-        assert kinds == {"attn" if b.unit < n_bins else "mlp"}
-        assert b.layer == -1 and b.name.endswith(f"bin {b.unit % n_bins} of {n_bins}")
+        assert {projection_kind(adapter, name) for name in b.entries} == {kinds[b.unit // n_bins]}
+        assert b.layer == -1 and b.name == f"{kinds[b.unit // n_bins]} bin {b.unit % n_bins} of {n_bins}"
         for name, idx in b.entries.items():
             counts[name][idx] += 1
     assert all((c == 1).all() for c in counts.values())  # every entry in exactly one bin
-    for t in range(2):  # bins are ordered by |w| within a type and have (nearly) equal sizes
+    for t in range(len(kinds)):  # bins are ordered by |w| within a kind and have (nearly) equal sizes
         typed = bins[t * n_bins:(t + 1) * n_bins]
         sizes = [b.n_weights for b in typed]
         assert max(sizes) - min(sizes) <= 1
@@ -142,7 +143,8 @@ def test_random_controls_match_bin_sizes_and_are_seeded(setup):
     assert [c.unit for c in controls] == [b.unit for b in bins]
     for b, c, a, o in zip(bins, controls, again, other):
         assert c.n_weights == b.n_weights
-        assert {matrix_type(adapter, n) for n in c.entries} <= {matrix_type(adapter, n) for n in b.entries}
+        # the bin's composition: as many entries from each matrix as the bin holds in it
+        assert {n: i.numel() for n, i in c.entries.items()} == {n: i.numel() for n, i in b.entries.items()}
         assert c.entries.keys() == a.entries.keys()
         assert all(torch.equal(c.entries[n], a.entries[n]) for n in c.entries)
         for idx in c.entries.values():
@@ -273,8 +275,8 @@ def read_cells(results, prefix):
 
 
 @pytest.mark.parametrize("group, op, value, n_rows", [("heads", "mean", 0.0, 12), ("heads", "resample", 0.0, 12),
-                                                      ("magnitude", "zero", 0.0, 6),
-                                                      ("random", "zero", 0.0, 6), ("heads", "noise", 1.0, 12)])
+                                                      ("magnitude", "zero", 0.0, 12),
+                                                      ("random", "zero", 0.0, 12), ("heads", "noise", 1.0, 12)])
 def test_grid_writes_rows_in_the_atlas_schema(grid, group, op, value, n_rows):
     from paramscope.ablation.run import run_grid
 
@@ -292,12 +294,14 @@ def test_grid_writes_rows_in_the_atlas_schema(grid, group, op, value, n_rows):
     if group == "heads":
         assert (df.n_units == 1).all() and set(df.layer) == {0, 1, 2} and set(df.unit) == {0, 1, 2, 3}
     else:
-        assert (df.layer == -1).all() and sorted(set(df.unit)) == list(range(6))
-        per_type = df[df.split == "test"].sort_values("unit").n_units.to_numpy()
-        linear = get_adapter(tiny_random_model("gpt_neox", vocab_size=8)).linear_modules()
-        attn = sum(m.weight.numel() for n, m in linear.items() if ".attention." in n)
-        assert per_type[:3].sum() == attn
-        assert per_type[3:].sum() == sum(m.weight.numel() for m in linear.values()) - attn
+        assert (df.layer == -1).all() and sorted(set(df.unit)) == list(range(12))  # 4 kinds x 3 bins
+        per_kind = df[df.split == "test"].sort_values("unit").n_units.to_numpy().reshape(4, 3).sum(axis=1)
+        adapter = get_adapter(tiny_random_model("gpt_neox", vocab_size=8))
+        sizes: dict[str, int] = {}
+        for name, m in adapter.linear_modules().items():
+            kind = projection_kind(adapter, name)
+            sizes[kind] = sizes.get(kind, 0) + m.weight.numel()
+        assert per_kind.tolist() == list(sizes.values())  # each kind's bins hold exactly that kind's weights
     assert run_grid(cfg, results)["skipped"] == 2  # finished cells are found by key
     if op == "noise":  # seeded: recomputing gives the same numbers
         first = df.sort_values(["split", "layer", "unit"]).ex_gold_ll.tolist()

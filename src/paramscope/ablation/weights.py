@@ -9,15 +9,19 @@ edited entries are saved).
 Groups (one row per `WeightUnit`; `layer` is -1 where a unit spans layers):
 
 - matrix: one named projection, every entry (unit = its index in `linear_modules()` order).
-- magnitude: rank-quantile bins of |w| within each matrix type across all layers (type `attn` = the
-  attention projections, `mlp` = the MLP projections): the type's entries sorted by |w| (ties in a
-  fixed, stable order) and cut into `n_bins` bins of (nearly) equal size, bin 0 the smallest. Every
-  entry is in exactly one bin of its type. unit = type index * n_bins + bin.
+- magnitude: rank-quantile bins of |w| within each projection kind across all layers (a kind is a
+  module's name within its block, e.g. GPT-NeoX's `attention.query_key_value`, `attention.dense`,
+  `mlp.dense_h_to_4h`, `mlp.dense_4h_to_h`): the kind's entries sorted by |w| (ties in a fixed, stable
+  order) and cut into `n_bins` bins of (nearly) equal size, bin 0 the smallest. Every entry is in
+  exactly one bin of its kind. Binning within a kind, not over all attention or all MLP projections,
+  keeps matrices of different scales (input vs output projections) from filling whole bins by
+  themselves. unit = kind index * n_bins + bin, kinds in `linear_modules()` order.
 - magnitude_matrix: the same bins within each single matrix (unit = matrix index * n_bins + bin, in
   `linear_modules()` order; `layer` is the matrix's layer), for where a type-wide bin hides that one
   matrix's large weights matter and another's do not.
-- random: for each magnitude bin, the same number of entries drawn uniformly without replacement from
-  the same matrices (all matrices of the bin's type), seeded by (seed, unit); same unit index as the bin.
+- random: for each magnitude bin, entries drawn uniformly without replacement from each matrix, as
+  many from each as the bin holds in it (the bin's composition per matrix), seeded by (seed, unit);
+  same unit index as the bin. It differs from the bin only in which entries of each matrix it takes.
 
 Entries are flat indices into each parameter `module.weight` as stored (GPT-2's `Conv1D` included).
 """
@@ -35,7 +39,6 @@ from paramscope.models.adapters import Adapter
 
 WEIGHT_GROUPS: tuple[str, ...] = ("matrix", "magnitude", "magnitude_matrix", "random")
 WEIGHT_OPS: tuple[str, ...] = ("zero", "scale")
-MATRIX_TYPES: tuple[str, ...] = ("attn", "mlp")
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,16 +60,15 @@ def _layer_of(adapter: Adapter, name: str) -> int:
     return int(name[len(adapter._blocks) + 1:].split(".")[0])
 
 
-def matrix_type(adapter: Adapter, name: str) -> str:
-    """`attn` or `mlp`: which sublayer a projection (by `linear_modules()` name) belongs to."""
-    rest = name[len(adapter._blocks) + 1:].split(".", 1)[1]
-    return "attn" if (rest + ".").startswith(adapter._attention + ".") else "mlp"
+def projection_kind(adapter: Adapter, name: str) -> str:
+    """A projection's name within its block (`linear_modules()` name without the block prefix)."""
+    return name[len(adapter._blocks) + 1:].split(".", 1)[1]
 
 
-def _typed(adapter: Adapter) -> dict[str, list[tuple[str, nn.Module]]]:
-    found: dict[str, list[tuple[str, nn.Module]]] = {t: [] for t in MATRIX_TYPES}
+def _by_kind(adapter: Adapter) -> dict[str, list[tuple[str, nn.Module]]]:
+    found: dict[str, list[tuple[str, nn.Module]]] = {}
     for name, module in adapter.linear_modules().items():
-        found[matrix_type(adapter, name)].append((name, module))
+        found.setdefault(projection_kind(adapter, name), []).append((name, module))
     return found
 
 
@@ -99,9 +101,7 @@ def _type_ranks(modules: list[tuple[str, nn.Module]]) -> tuple[list[str], Tensor
 
 
 def magnitude_units(adapter: Adapter, n_bins: int = 10) -> Iterator[WeightUnit]:
-    for t, (kind, modules) in enumerate(_typed(adapter).items()):
-        if not modules:
-            continue
+    for t, (kind, modules) in enumerate(_by_kind(adapter).items()):
         names, offsets, order = _type_ranks(modules)
         for b, chunk in enumerate(torch.tensor_split(order, n_bins)):
             yield WeightUnit("magnitude", -1, t * n_bins + b, f"{kind} bin {b} of {n_bins}",
@@ -117,19 +117,12 @@ def matrix_magnitude_units(adapter: Adapter, n_bins: int = 10) -> Iterator[Weigh
 
 
 def random_units(adapter: Adapter, n_bins: int = 10, seed: int = 0) -> Iterator[WeightUnit]:
-    for t, (kind, modules) in enumerate(_typed(adapter).items()):
-        if not modules:
-            continue
-        names = [n for n, _ in modules]
-        sizes = torch.tensor([m.weight.numel() for _, m in modules])
-        offsets = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)[:-1]])
-        total = int(sizes.sum())
-        for b, chunk in enumerate(torch.tensor_split(torch.arange(total), n_bins)):  # the bins' sizes
-            unit = t * n_bins + b
-            gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + unit)
-            drawn = torch.randperm(total, generator=gen)[: chunk.numel()]
-            yield WeightUnit("random", -1, unit, f"random control for {kind} bin {b} of {n_bins}",
-                             _split(names, offsets, drawn))
+    sizes = {name: module.weight.numel() for name, module in adapter.linear_modules().items()}
+    for bin_unit in magnitude_units(adapter, n_bins):
+        gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + bin_unit.unit)
+        drawn = {name: torch.randperm(sizes[name], generator=gen)[: idx.numel()].sort().values.to(idx.device)
+                 for name, idx in bin_unit.entries.items()}
+        yield WeightUnit("random", -1, bin_unit.unit, f"random control for {bin_unit.name}", drawn)
 
 
 def weight_units(adapter: Adapter, group: str, n_bins: int = 10, seed: int = 0) -> Iterator[WeightUnit]:

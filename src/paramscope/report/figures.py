@@ -235,17 +235,18 @@ def correlation_matrices(inp: Inputs, group: str, kind: str) -> Figure:
     return fig
 
 
-_BIN = r"(?P<kind>attn|mlp) bin (?P<bin>\d+) of (?P<bins>\d+)"
+_BIN = r"(?P<kind>\S+) bin (?P<bin>\d+) of (?P<bins>\d+)"  # kind: a projection's name within its block
 
 
 def magnitude_curves(inp: Inputs) -> Figure:
     """Delta accuracy per |w| quantile bin (low to high), magnitude bins solid, size-matched random
-    controls dashed; one line per task, rows = models, columns = attention / MLP projections."""
+    controls dashed; one line per task, rows = models, columns = projection kinds (each binned alone)."""
     df = inp.atlas[(inp.atlas["split"] == inp.split) & inp.atlas["group"].isin(["magnitude", "random"])
                    & (inp.atlas["op"] == "zero")].copy()
     df = df.join(df["unit_name"].str.extract(_BIN)).dropna(subset=["kind"])
     df["bin"] = df["bin"].astype(int)
-    models, tasks, kinds = inp.model_order(df["model"]), inp.task_order(df["task"]), ["attn", "mlp"]
+    models, tasks = inp.model_order(df["model"]), inp.task_order(df["task"])
+    kinds = list(dict.fromkeys(df.sort_values("unit")["kind"]))  # in the models' module order
     palette = colors(tasks)
     fig = new_figure(TEXT_WIDTH, 1.5 * len(models) + 0.5)
     axes = fig.subplots(len(models), len(kinds), squeeze=False, sharex=True, sharey=True)
@@ -263,7 +264,7 @@ def magnitude_curves(inp: Inputs) -> Figure:
                     ax.plot(m["bin"], y, style, color=palette[task], lw=0.9, marker="o" if group == "magnitude" else "",
                             ms=2.5, label=task if group == "magnitude" else None)
                     ax.fill_between(m["bin"], m["ci_low"] * 100, m["ci_high"] * 100, color=palette[task], alpha=0.12, lw=0)
-            ax.set_title({"attn": "attention projections", "mlp": "MLP projections"}[kind] if i == 0 else "")
+            ax.set_title(kind if i == 0 else "", fontsize="small")
             ax.set_ylabel(f"{model}\n{DELTA_LABEL}" if j == 0 else "")
     fig.supxlabel("|w| quantile bin, smallest to largest (dashed: random control of equal size)", fontsize="small")
     handles, labels = axes[0, 0].get_legend_handles_labels()
