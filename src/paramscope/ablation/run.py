@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 # Part of every cell's key: bump it when a map's rows change shape or meaning, so that cells made by
 # older code are recomputed instead of being mixed into new tables.
-ROW_SCHEMA = 3
+ROW_SCHEMA = 4
 
 
 def selected(cfg: DictConfig, key: str, default: list) -> list[str]:
