@@ -23,6 +23,7 @@ from paramscope.structure.null_test import (
     drift_pvalues,
     edge_tests,
     entry_tests,
+    value_null,
     value_pvalues,
 )
 from paramscope.structure.run import check_request, projection_weights
@@ -75,14 +76,33 @@ def test_weibull_recovers_a_true_weibull_and_falls_back_when_the_middle_is_not_w
 # --------------------------------------------------------------------------- null tests
 
 
-def test_value_pvalues_are_valid_under_the_null_and_exact_at_the_extremes():
+@pytest.mark.parametrize("draw", ["normal", "uniform"])
+def test_value_pvalues_are_valid_under_the_null_and_exact_at_the_extremes(draw):
     rng = np.random.default_rng(2)
-    init = rng.normal(0, 1, size=(200, 200))
-    fresh = rng.normal(0, 1, size=(200, 200))  # an untrained matrix drawn from the same init
+    sample = (lambda: rng.normal(0, 1, size=(200, 200))) if draw == "normal" else (
+        lambda: rng.uniform(-1, 1, size=(200, 200)))
+    init, fresh = sample(), sample()  # an untrained matrix drawn from the same init
     p = value_pvalues(fresh, init)
     assert abs(p.mean() - 0.5) < 0.01 and abs(np.mean(p <= 0.05) - 0.05) < 0.005
-    assert value_pvalues(np.array([100.0]), init)[0] == 1 / (init.size + 1)
+    null = value_null(init)
+    assert null.kind == draw.replace("uniform", "empirical")
+    if draw == "normal":  # the normal tail: an outlying entry gets a p far below 1/(n0 + 1)
+        assert value_pvalues(np.array([10.0]), init)[0] < 1e-20 < 1 / (init.size + 1)
+    else:  # the empirical tail floors at 1/(n0 + 1)
+        assert value_pvalues(np.array([100.0]), init)[0] == 1 / (init.size + 1) == null.smallest_p
     assert value_pvalues(np.array([0.0]), init)[0] == 1.0
+
+
+def test_a_single_learned_entry_is_found_among_a_million_under_the_normal_null():
+    """With the empirical null no entry of a 1000 x 1000 matrix could be rejected alone: its p floors
+    at 1e-6 while BH at q = 0.05 over 1e6 tests needs 5e-8 for a single rejection."""
+    rng = np.random.default_rng(4)
+    init = rng.normal(0, 0.02, size=(1000, 1000))
+    trained = init.copy()
+    trained[3, 7] = 0.2  # ten init standard deviations
+    tests = entry_tests({"w": trained}, {"w": init}, 0.05)
+    assert tests.q_value["w"][3, 7] <= 0.05
+    assert (tests.q_value["w"] <= 0.05).sum() == 1
 
 
 def test_criterion_finds_a_planted_block_of_learned_entries_at_the_stated_fdr():

@@ -289,6 +289,13 @@ def report(cfg: DictConfig, results: Path, out: Path) -> dict:
     macros[_m("Fdr")] = tex.num(fdr, 2)
     macros[_m("ParamsPerHeadEdge")] = tex.integer(edges[edges.unit_kind == "heads"].params_per_edge.iloc[0]) if (edges.unit_kind == "heads").any() else tex.DASH
     macros[_m("NMatrices")] = tex.integer(len(first))
+    # the value test's null per matrix: normal where the step-0 entries fit one (the smallest p is then
+    # the normal tail's), empirical otherwise (floored at 1/(n0 + 1))
+    macros[_m("ValueNullNormal")] = tex.integer(int((matrices.value_null == "normal").sum()))
+    macros[_m("ValueNullTotal")] = tex.integer(len(matrices))
+    empirical = matrices[matrices.value_null == "empirical"]
+    macros[_m("ValueEmpiricalFloor")] = tex.pval(float(empirical.value_smallest_p.max())) if len(empirical) else tex.DASH
+    metrics["value_null_normal_fraction"] = float((matrices.value_null == "normal").mean())
     write_text(out / "tables" / "indistinguishable.tex", tex.booktabs(
         ["model", "null", *[TYPE_LABELS[t] for t in MATRIX_TYPES], "all", "value", "drift", "head edges", "neuron edges"],
         rows_indist, "ll" + "r" * 9,

@@ -5,10 +5,15 @@ study `scratch-step0`, which `gen2` and `tuned` share because they were fine-tun
 Pythia its `step0` revision). Two tests per entry of every attention and MLP projection, each against
 a null built from the same matrix:
 
-- **value test** (is w_T a plausible draw of this matrix's initialisation?). Null: the empirical
-  distribution of the n0 step-0 entries of the same matrix. Two-sided through magnitudes (every init
-  the study meets is symmetric about 0): p = (1 + #{step-0 entries with |w_0| >= |w_T|}) / (1 + n0),
-  the usual add-one empirical tail p-value, valid (never below its nominal level) under the null.
+- **value test** (is w_T a plausible draw of this matrix's initialisation?). Null: the distribution of
+  the n0 step-0 entries of the same matrix, two-sided through magnitudes (every init the study meets
+  is symmetric about 0). Where the step-0 entries are consistent with a centred normal (Kolmogorov-
+  Smirnov against N(0, sigma0^2), sigma0 their RMS, p >= `NORMAL_FIT_ALPHA`; true of the normal
+  initialisations of every family here), the null is that normal: p = 2 Phi(-|w_T| / sigma0), whose
+  smallest attainable value is below 1e-300. Otherwise it is the empirical add-one tail
+  p = (1 + #{|w_0| >= |w_T|}) / (1 + n0), valid under the null but never below 1/(n0 + 1): with BH
+  over all of a model's entries (m of them) such an entry can only be rejected along with at least
+  m / ((n0 + 1) fdr) others, which is why the normal null is preferred where it holds.
 - **drift test** (did this entry move more than the diffuse drift every entry undergoes?). d = w_T - w_0.
   Every entry drifts (weight decay, optimiser noise), so "no drift" is no null; the null is the drift
   of entries that received no consistent, localised update. With one pair of checkpoints its scale can
@@ -50,12 +55,41 @@ from paramscope.structure.units import MatrixRole
 MAD_TO_SD = 1.4826  # the MAD of a normal distribution is 0.6745 sd
 
 
+# A step-0 matrix whose entries a KS test rejects as N(0, sigma0^2) at this level takes the empirical null.
+NORMAL_FIT_ALPHA = 1e-3
+
+
+@dataclass(frozen=True)
+class ValueNull:
+    """The value test's null for one matrix: `normal` (N(0, sigma0^2)) or `empirical` (the step-0 entries)."""
+
+    kind: str
+    sigma0: float
+    ks_p: float  # KS test of the step-0 entries against N(0, sigma0^2)
+    n0: int
+
+    @property
+    def smallest_p(self) -> float:
+        """The smallest p-value this null can give (the normal tail's underflow; 1/(n0+1) empirically)."""
+        return float(np.finfo(np.float64).tiny) if self.kind == "normal" else 1.0 / (self.n0 + 1)
+
+
+def value_null(init: np.ndarray) -> ValueNull:
+    w0 = np.asarray(init, dtype=np.float64).ravel()
+    sigma0 = float(np.sqrt(np.mean(np.square(w0))))
+    ks_p = float(stats.kstest(w0, "norm", args=(0.0, sigma0)).pvalue) if sigma0 > 0 else 0.0
+    return ValueNull("normal" if ks_p >= NORMAL_FIT_ALPHA else "empirical", sigma0, ks_p, w0.size)
+
+
 def value_pvalues(trained: np.ndarray, init: np.ndarray) -> np.ndarray:
-    """Empirical two-sided tail p-value of every trained entry under the step-0 entries of its matrix."""
-    null = np.sort(np.abs(np.asarray(init, dtype=np.float64).ravel()))
+    """Two-sided tail p-value of every trained entry under its matrix's step-0 null (module docstring)."""
     magnitude = np.abs(np.asarray(trained, dtype=np.float64))
-    at_least = null.size - np.searchsorted(null, magnitude, side="left")
-    return (1.0 + at_least) / (1.0 + null.size)
+    null = value_null(init)
+    if null.kind == "normal":
+        return np.minimum(1.0, 2.0 * stats.norm.sf(magnitude / null.sigma0))
+    step0 = np.sort(np.abs(np.asarray(init, dtype=np.float64).ravel()))
+    at_least = step0.size - np.searchsorted(step0, magnitude, side="left")
+    return (1.0 + at_least) / (1.0 + step0.size)
 
 
 def drift_null(drift: np.ndarray) -> tuple[float, float]:
@@ -129,6 +163,7 @@ def matrix_table(tests: EntryTests, trained: Mapping[str, np.ndarray], init: Map
     rows = []
     for name, role in roles.items():
         centre, scale = drift_null(trained[name].astype(np.float64) - init[name])
+        null = value_null(init[name])
         rows.append({
             "matrix": name, "layer": role.layer, "matrix_type": role.matrix_type, "n": int(trained[name].size),
             "frac_indist_value": float(np.mean(tests.q_value[name] > tests.fdr)),
@@ -137,6 +172,7 @@ def matrix_table(tests: EntryTests, trained: Mapping[str, np.ndarray], init: Map
             "init_rms": float(np.sqrt(np.mean(np.square(init[name], dtype=np.float64)))),
             "trained_rms": float(np.sqrt(np.mean(np.square(trained[name], dtype=np.float64)))),
             "drift_centre": centre, "drift_scale": scale,
+            "value_null": null.kind, "init_ks_p": null.ks_p, "value_smallest_p": null.smallest_p,
         })
     return pd.DataFrame(rows)
 

@@ -65,7 +65,7 @@ from paramscope.structure.weibull import fit_weibull
 
 log = logging.getLogger(__name__)
 
-ROW_SCHEMA = 2  # bump when rows change shape or meaning, so that older cells are recomputed
+ROW_SCHEMA = 3  # bump when rows change shape or meaning, so that older cells are recomputed
 
 
 def requested_models(cfg: DictConfig) -> list[str]:
