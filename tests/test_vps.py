@@ -9,6 +9,7 @@ import torch
 from conftest import make_cfg
 
 from paramscope.errors import StudyError
+from paramscope.evaluation.positions import context_lengths
 from paramscope.evaluation.requests import Doc
 from paramscope.evaluation.scorer import score
 from paramscope.models.adapters import get_adapter
@@ -166,10 +167,30 @@ def test_multi_token_choices_are_scored_as_whole_sequences_under_vps(model):
         for doc, lls in zip(docs, got.lls):
             for choice, ll in zip(doc.choices, lls):
                 seq = doc.context + choice
-                logp = torch.log_softmax(logits(model, torch.tensor([seq[:-1]]))[0].double(), -1)  # HFLM's input
+                with context_lengths(torch.tensor([len(doc.context)])):  # statistics from the context only
+                    logp = torch.log_softmax(logits(model, torch.tensor([seq[:-1]]))[0].double(), -1)  # HFLM's input
                 by_hand = sum(logp[len(doc.context) - 1 + j, t].item() for j, t in enumerate(choice))
                 assert ll == pytest.approx(by_hand, abs=1e-5)
     assert any(not np.allclose(a, b, atol=1e-3) for a, b in zip(got.lls, whole.lls))  # VPS did act
+
+
+@pytest.mark.parametrize("builder", ["sparse", "coupled"])
+@pytest.mark.parametrize("policy", ["fixed", "adaptive"])
+def test_a_choices_first_tokens_do_not_depend_on_its_later_tokens_under_vps(model, builder, policy):
+    """The score must be P(choice | context): channels and gamma come from the context positions only, so
+    the log-probabilities of a choice's first k tokens cannot change when its later tokens do."""
+    context, first = (5, 9, 11, 3, 17, 2), (7, 8)
+    seqs = [context + first + later for later in ((12, 13), (40, 41), (3, 60))]
+    config = VPSConfig(gamma=0.8, rank=4, builder=builder, policy=policy, tau=None)
+    read = slice(len(context) - 1, len(context) + len(first) - 1)  # positions predicting the first tokens
+    with sharpen(model, config):
+        with context_lengths(torch.tensor([len(context)])):
+            heads = [torch.log_softmax(logits(model, torch.tensor([s[:-1]]))[0, read], -1) for s in seqs]
+        without = [torch.log_softmax(logits(model, torch.tensor([s[:-1]]))[0, read], -1) for s in seqs]
+    for other in heads[1:]:
+        torch.testing.assert_close(other, heads[0], rtol=0, atol=1e-6)
+    # statistics over the whole sequence (the old way) let the later tokens move the earlier scores
+    assert any(not torch.allclose(w, without[0], atol=1e-4) for w in without[1:])
 
 
 # --------------------------------------------------------------------------- the stage on the smoke suite

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from paramscope.evaluation.positions import context_lengths
 from paramscope.evaluation.requests import Doc, encode_pair, instances_by_doc
 from paramscope.evaluation.scorer import Scores, _device, _hidden, _unembed_log_probs
 
@@ -133,7 +134,10 @@ def score_continuations(model, docs: list[ContinuationDoc] | tuple[ContinuationD
         for row, i in enumerate(idx):
             ids[row, : len(inputs[i])] = torch.tensor(inputs[i])
             mask[row, : len(inputs[i])] = 1
-        hidden = _hidden(model, ids.to(dev), mask.to(dev))
+        # the input is context + continuation[:-1]: its first len - len(continuation) + 1 positions are context
+        n_context = torch.tensor([len(inputs[i]) - len(docs[i].choices[0]) + 1 for i in idx], device=dev)
+        with context_lengths(n_context):
+            hidden = _hidden(model, ids.to(dev), mask.to(dev))
         for row, i in enumerate(idx):
             cont = torch.tensor(docs[i].choices[0], device=dev)
             end = len(inputs[i])

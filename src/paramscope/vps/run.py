@@ -38,7 +38,7 @@ from paramscope.vps.wrapper import LAYER_SETS, VPSConfig, projection_names, shar
 
 log = logging.getLogger(__name__)
 
-ROW_SCHEMA = 2  # bump when rows change shape or meaning; cells of other schemas are pruned
+ROW_SCHEMA = 3  # bump when rows change shape or meaning; cells of other schemas are pruned
 SETTINGS = ("tau", "clamp", "ridge", "lo_ratio")  # fixed per job, recorded in every VPS row
 AXES = ("gamma", "rank", "builder", "layer_set", "policy")
 PHASES = ("all", "dev")  # dev: the grid only (e.g. for multirun jobs), no test scoring

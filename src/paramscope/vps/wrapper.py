@@ -14,7 +14,10 @@ s_c = 1 / max(1, ||B[:, c]|| ||A[:, c]|| / tau); for the sparse builder that is
 token to a fraction of that token's base output norm (our reading of "optional clamp").
 
 The attention mask of each forward pass is captured by a forward pre-hook on the model's backbone, so
-selection and the adaptive gamma see only a sequence's own real tokens. A call that continues a key/value
+selection and the adaptive gamma see only a sequence's own real tokens, and of those only its context
+where the scorer declares one (`evaluation.positions`): a choice scored in one sequence with its
+context must not choose the channels or the gamma that score it. The perturbation so built applies to
+every position; the entropy policy reads the base model at the last context position. A call that continues a key/value
 cache would see only its new tokens, so it is refused: the scorer runs VPS with ``share_context=False``.
 Leaving the context removes every hook; with ``enabled=False`` or gamma = 0 no hook is registered at
 all, so the logits are the base model's, bit for bit.
@@ -32,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from paramscope.evaluation.kv_cache import passed_cache
+from paramscope.evaluation.positions import current_context_lengths
 from paramscope.models.adapters import Adapter, get_adapter, weight_in_out
 from paramscope.vps.policy import Policy
 from paramscope.vps.selection import Selection, build_selection, gather_channels
@@ -143,6 +147,11 @@ def _capture(model: nn.Module, state: _PassState, policy: Policy, backbone: nn.M
     mask = kwargs.get("attention_mask")
     device = next(backbone.parameters()).device
     mask = torch.ones(shape, dtype=torch.long, device=device) if mask is None else mask[:, -shape[1]:]
+    n_context = current_context_lengths()
+    if n_context is not None:  # statistics from the context only, never from the scored continuation
+        if n_context.shape != (shape[0],):
+            raise RuntimeError(f"context lengths for {tuple(n_context.shape)} rows, but the batch has {shape[0]}")
+        mask = mask * (torch.arange(shape[1], device=device) < n_context.to(device).unsqueeze(1))
     state.mask = mask
     cache = passed_cache(kwargs)
     if cache is not None and cache.get_seq_length() > 0:
