@@ -60,6 +60,11 @@ def _layer_of(adapter: Adapter, name: str) -> int:
     return int(name[len(adapter._blocks) + 1:].split(".")[0])
 
 
+def matrix_type(adapter: Adapter, name: str) -> str:
+    """`attn` or `mlp`: which sublayer a projection (by `linear_modules()` name) belongs to."""
+    return "attn" if (projection_kind(adapter, name) + ".").startswith(adapter._attention + ".") else "mlp"
+
+
 def projection_kind(adapter: Adapter, name: str) -> str:
     """A projection's name within its block (`linear_modules()` name without the block prefix)."""
     return name[len(adapter._blocks) + 1:].split(".", 1)[1]
