@@ -282,19 +282,26 @@ def test_one_component_holding_everything_recombines_to_the_model_itself(family)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # embeddings and weights restored
 
 
+def _planted_components_apart(model, seed):
+    """The parity-planted two-component mask on `model`: (reference, recombined, number of components)
+    from `substructure_logits` on one random context, and the masked model's own logits there."""
+    adapter = get_adapter(model)
+    roles = matrix_roles(adapter)
+    kept = _parity_kept(adapter, roles)
+    ids = [torch.randint(0, VOCAB, (1, 9), generator=torch.Generator().manual_seed(seed))]
+    with torch.no_grad(), masked(adapter, {n: ~k for n, k in kept.items()}):
+        reference, apart, n_parts = substructure_logits(adapter, roles, kept, _nodes(adapter), ids)
+        masked_logits = model(input_ids=ids[0]).logits[0]
+    return reference, apart, n_parts, masked_logits
+
+
 @pytest.mark.parametrize("family", ["gpt_neox", "gpt2"])
 def test_components_run_apart_differ_from_the_masked_model_where_layer_norms_couple_them(family):
     """Two planted components (even and odd channels and units): splitting every matrix into its blocks
     reproduced the masked model to 1e-10 whatever the structure; running the components apart does
     not, because every layer norm mixes both components' channels, and the check says so."""
     model = _model(family, dtype=torch.float64)
-    adapter = get_adapter(model)
-    roles = matrix_roles(adapter)
-    kept = _parity_kept(adapter, roles)
-    ids = [torch.randint(0, VOCAB, (1, 9), generator=torch.Generator().manual_seed(2))]
-    with torch.no_grad(), masked(adapter, {n: ~k for n, k in kept.items()}):
-        reference, apart, n_parts = substructure_logits(adapter, roles, kept, _nodes(adapter), ids)
-        masked_logits = model(input_ids=ids[0]).logits[0]
+    reference, apart, n_parts, masked_logits = _planted_components_apart(model, seed=2)
     assert n_parts == 2
     torch.testing.assert_close(reference[0], masked_logits.float())  # the reference is the masked model
     assert (reference[0] - apart[0]).abs().max() > 1e-3
@@ -309,12 +316,7 @@ def test_without_layer_norms_the_components_run_apart_add_up_to_the_masked_model
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.LayerNorm):
                 setattr(parent, name, nn.Identity())
-    adapter = get_adapter(model)
-    roles = matrix_roles(adapter)
-    kept = _parity_kept(adapter, roles)
-    ids = [torch.randint(0, VOCAB, (1, 9), generator=torch.Generator().manual_seed(3))]
-    with torch.no_grad(), masked(adapter, {n: ~k for n, k in kept.items()}):
-        reference, apart, n_parts = substructure_logits(adapter, roles, kept, _nodes(adapter), ids)
+    reference, apart, n_parts, _ = _planted_components_apart(model, seed=3)
     assert n_parts == 2
     torch.testing.assert_close(apart[0], reference[0], rtol=1e-6, atol=1e-6)
 

@@ -44,6 +44,7 @@ from paramscope.ablation.units import unit_label, unit_name, unit_specs
 from paramscope.ablation.weights import (
     WEIGHT_GROUPS,
     WEIGHT_OPS,
+    WeightUnit,
     edited,
     first_layer,
     weight_units,
@@ -232,13 +233,13 @@ def _weight_map(adapter: Adapter, docs: tuple[Doc, ...], group: str, op: str, va
     return pd.DataFrame(rows)
 
 
-def weight_variant(adapter: Adapter, unit, op: str, value: float):
+def weight_variant(adapter: Adapter, unit: WeightUnit, op: str, value: float):
     """A `branched_scores` variant's context: the unit's weights edited for the batch."""
     return lambda ids, mask: edited(adapter, unit, op, value)
 
 
 def hook_variant(adapter: Adapter, spec: UnitSpec, means: Mapping[Site, Tensor] | None = None,
-           generator: torch.Generator | None = None, pool: ResamplePool | None = None):
+                 generator: torch.Generator | None = None, pool: ResamplePool | None = None):
     """A `branched_scores` variant's context: the spec's hooks for one batch (a resampling pool picks
     the batch's donors from its ids, since branched blocks run without the base model's forward)."""
     @contextmanager

@@ -535,8 +535,8 @@ def branched_scores(adapter: Adapter, docs: Sequence[Doc], variants: Sequence[Va
                 lls[v][single[j]] = picked[0, row, : n_choices[row]].copy()
     if multi:
         multi_docs = [docs[i] for i in multi]
+        ids, mask, _ = _padded(multi_docs[:1], dev)  # placeholders: the loop's own forward picks rows per batch
         for v, (_, enter) in enumerate(variants):
-            ids, mask, _ = _padded(multi_docs[:1], dev)  # the loop's own forward picks rows per batch
             with enter(ids, mask):
                 loop = score(adapter.model, multi_docs, batch_size)
             for j, i in enumerate(multi):
