@@ -27,8 +27,11 @@ def check_tasks(tasks: list[str], valid: tuple[str, ...] = TASKS) -> None:
 def prepare(cfg: DictConfig, out: Path) -> dict:
     """Write the suite into ``out`` atomically; returns a summary for logging.
 
-    A profile without a synthetic suite (paper) prepares the tokenizer and the pinned corpus instead.
+    A profile without a synthetic suite prepares the tokenizer and the pinned corpus instead (paper), or
+    the BIG-bench tasks of a pinned archive (real).
     """
+    if cfg.get("bigbench"):
+        return prepare_bigbench(cfg, out)
     if cfg.get("suite") is None:
         from paramscope.models.corpus import prepare_corpus
 
@@ -53,3 +56,19 @@ def prepare(cfg: DictConfig, out: Path) -> dict:
             summary[f"n_train/{name}"] = len(seqs)
         (tmp / "manifest.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     return summary
+
+
+def prepare_bigbench(cfg: DictConfig, out: Path) -> dict:
+    """The candidate BIG-bench tasks, read out of the pinned `bigbench` sdist into `<out>/bigbench/`."""
+    from paramscope import registry
+    from paramscope.data.bigbench import write_tasks
+
+    bb = cfg.bigbench
+    dist = registry.fetch_distribution(bb.package.name, str(bb.package.version), bb.package.sha256)
+    with atomic_dir(out) as tmp, registry.Archive(dist) as archive:
+        counts = write_tasks(archive, list(bb.candidates), tmp / "bigbench", bb.get("max_docs"), int(cfg.seed))
+        summary = {"source": {"package": bb.package.name, "version": str(bb.package.version),
+                              "distribution": dist.name, "sha256": bb.package.sha256},
+                   "documents": counts, "max_docs": bb.get("max_docs"), "seed": int(cfg.seed)}
+        (tmp / "manifest.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    return {f"n_docs/{task}": n for task, n in counts.items()}

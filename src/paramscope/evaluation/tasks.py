@@ -7,20 +7,35 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from paramscope.data.bigbench import lm_eval_name
 from paramscope.evaluation.local_data import data_spec
 from paramscope.evaluation.requests import TaskDocs, build_docs
 
 
 def lm_eval_task(cfg: DictConfig, task: str) -> tuple[str, str | None]:
-    """(lm-eval task name, include path): synthetic tasks live in the prepared task folder."""
+    """(lm-eval task name, include path): synthetic tasks live in the prepared task folder; a BIG-bench
+    task is lm-eval's `bigbench_<task>_multiple_choice`."""
     if cfg.get("suite") is not None:
         return f"ps_{task}", str(Path(cfg.paths.tasks))
+    if task in bigbench_tasks(cfg):
+        return lm_eval_name(task), None
     return task, None
+
+
+def bigbench_tasks(cfg: DictConfig) -> list[str]:
+    """The BIG-bench tasks the prepare stage converts from the pinned archive (the profile's candidates)."""
+    return list((cfg.get("bigbench") or {}).get("candidates") or [])
+
+
+def bigbench_file(cfg: DictConfig, task: str) -> Path:
+    return Path(cfg.paths.data) / "bigbench" / f"{task}.jsonl"
 
 
 def task_data(cfg: DictConfig, task: str) -> str | None:
     """`task_data.<task>` (local files in place of the hub dataset) in its canonical form; None for the hub
-    or a synthetic task."""
+    or a synthetic task. A BIG-bench task reads the documents the prepare stage converted."""
+    if task in bigbench_tasks(cfg):
+        return data_spec(task, "json", {"default": str(bigbench_file(cfg, task))})
     spec = (cfg.get("task_data") or {}).get(task)
     return data_spec(task, spec.get("format", "json"), dict(spec.get("files") or {})) if spec else None
 
