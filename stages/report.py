@@ -15,7 +15,7 @@ from paramscope.store import atomic_dir
 from paramscope.tracking import stage_run
 
 # Each topic's report lives in paramscope.report.<topic> as `report(cfg, results, out) -> metrics`.
-TOPICS = ("transplant", "structure", "vps", "optimize", "validation")
+TOPICS = ("transplant", "structure", "vps", "optimize", "validation", "tasks")
 
 
 @hydra.main(config_path="../conf", config_name="report", version_base="1.3")

@@ -190,3 +190,42 @@ def test_bad_bigbench_tasks_fail_in_one_line_and_leave_nothing(registry_env, tmp
     with pytest.raises(StudyError, match=message) as err:
         prepare(cfg, tmp_path / "data")
     assert "\n" not in str(err.value) and not (tmp_path / "data").exists()
+
+
+def test_task_choice_keeps_the_tasks_above_chance_on_dev(real_cfg, registry_env, tmp_path):
+    """The choice reads dev only: a task answered right on every dev document is kept, one at chance is
+    not, whatever test says; p-values are exact (scipy's binomial test where the choice count is fixed)."""
+    import pandas as pd
+    from scipy.stats import binomtest
+
+    from paramscope.evaluation.tasks import atlas_tasks
+    from paramscope.report.tasks import evidence, report
+
+    prepare(real_cfg, Path(real_cfg.paths.data))
+    _, tok = rs.tiny_llama()
+    rows = []
+    for task in BB_TASKS:
+        for split in ("dev", "test"):
+            ids = task_docs(real_cfg, task, split, tok).doc_ids
+            right = [1] * len(ids) if (task == "hyperbaton") == (split == "dev") else [0] * len(ids)
+            rows.append({"model": "smollm2-135m", "task": task, "split": split, "ex_doc_ids": ids, "ex_correct": right})
+    real_cfg.choice.fdr = 0.1  # 6 of 6 right at chance 1/2 is p = 1/64; 4 candidates make q = 4/64
+    df = evidence(real_cfg, pd.DataFrame(rows), tok)
+    assert df.set_index("task").kept.to_dict() == {t: t == "hyperbaton" for t in BB_TASKS}
+    hyper = df.set_index("task").loc["hyperbaton"]
+    assert hyper.chance == 0.5 and hyper.test_acc == 0.0
+    assert hyper.p == pytest.approx(binomtest(6, 6, 0.5, alternative="greater").pvalue)
+    assert hyper.q == pytest.approx(4 * hyper.p)
+    # the stage writes the kept list that "chosen" tasks read
+    results = tmp_path / "results"
+    from paramscope.store import cell_path, write_cell
+    for i, row in enumerate(rows):
+        write_cell(pd.DataFrame({k: [v] for k, v in row.items()}), cell_path("eval", f"c{i}", results))
+    models = tmp_path / "models"
+    fetch_baseline("smollm2-135m", OmegaConf.create({"gguf_file": str(registry_env["gguf"])}),
+                   models / "baselines" / "smollm2-135m")
+    cfg = make_cfg("report", [*real_cfg_overrides(real_cfg), "bigbench.max_docs=12", f"paths.models={models}",
+                              f"paths.reports={tmp_path / 'reports'}", "choice.fdr=0.1"])
+    assert report(cfg, results, tmp_path / "reports" / "tasks") == {"n_candidates": 4, "n_kept": 1}
+    assert atlas_tasks(cfg) == ["hyperbaton"]
+    assert "hyperbaton" in (tmp_path / "reports" / "tasks" / "tables" / "task_choice.tex").read_text()

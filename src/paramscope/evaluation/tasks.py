@@ -89,5 +89,11 @@ def task_docs(cfg: DictConfig, task: str, split: str, tokenizer) -> TaskDocs:
 
 def atlas_tasks(cfg: DictConfig) -> list[str]:
     """The tasks the ablation atlas covers (`ablate.tasks`, else every task): the paper profile leaves out
-    lambada_openai, whose one continuation has no choice to flip; what builds on the atlas follows it."""
-    return list(cfg.ablate.get("tasks") or cfg.tasks)
+    lambada_openai, whose one continuation has no choice to flip; the real profile takes those chosen on
+    dev (`chosen`, the tasks report's kept list); what builds on the atlas follows it."""
+    tasks = cfg.ablate.get("tasks")
+    if tasks == "chosen":
+        from paramscope.report.tasks import kept_tasks
+
+        return kept_tasks(cfg)
+    return list(tasks or cfg.tasks)

@@ -60,8 +60,12 @@ def load(
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype or torch.float32, attn_implementation="eager", trust_remote_code=trust_remote_code
     )
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    return model.to(device).eval(), tokenizer
+    return model.to(device).eval(), load_tokenizer(name, root, trust_remote_code)
+
+
+def load_tokenizer(name: str, root: Path | None = None, trust_remote_code: bool = False):
+    """A model's tokenizer alone (what building its documents needs), without loading the weights."""
+    return AutoTokenizer.from_pretrained(resolve(name, root), trust_remote_code=trust_remote_code)
 
 
 def digest(model: torch.nn.Module) -> str:
