@@ -20,6 +20,10 @@ def main(cfg: DictConfig) -> None:
         logger = WandbLogger(experiment=run)
         for name in cfg.variants:
             run.summary.update(train_variant(cfg, name, Path(cfg.paths.trained), Path(cfg.paths.data), logger))
+        if not cfg.variants:  # a profile of pretrained models only (real): DVC still needs the output folder
+            out = Path(cfg.paths.trained)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "NOTHING_TRAINED").write_text(f"profile {cfg.profile_name} trains no model\n")
 
 
 if __name__ == "__main__":

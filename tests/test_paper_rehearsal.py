@@ -114,3 +114,14 @@ def test_every_part_is_reported_and_the_pretrained_document_is_built(rehearsal):
         assert (rehearsal / "reports" / topic / "macros.tex").is_file(), topic
     assert (rehearsal / "paper" / "main.pdf").stat().st_size > 10_000
     assert "pretrained.tex" in (rehearsal / "paper" / "main.fls").read_text()  # not the tiny study's main.tex
+
+
+def test_the_task_choice_tests_multiple_choice_tasks_only(rehearsal):
+    """lambada_openai (one continuation per document) has no chance level: shown, untested, never kept."""
+    import pandas as pd
+
+    choice = pd.read_csv(rehearsal / "reports" / "tasks" / "task_choice.csv").set_index("task")
+    assert set(choice.index) == {"lambada_openai", "piqa", "arc_easy", "arc_challenge", "winogrande", "sciq",
+                                 "hellaswag"}
+    assert pd.isna(choice.loc["lambada_openai", "p"]) and not choice.loc["lambada_openai", "kept"]
+    assert choice.drop(index="lambada_openai").p.between(0, 1).all()

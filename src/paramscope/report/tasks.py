@@ -1,6 +1,7 @@
 """Task choice: the candidate tasks on which the model is above chance on `dev`, and the evidence.
 
-Each candidate's dev accuracy is tested against uniform guessing by an exact one-sided test (the number of
+Each candidate's dev accuracy (of a multiple-choice task; one with a single continuation per document has
+no chance level and is not tested) is tested against uniform guessing by an exact one-sided test (the number of
 documents right is Poisson-binomial under guessing, each document's chance being 1 / its number of choices);
 the p-values are corrected across candidates by Benjamini-Hochberg, and a task is kept when its q-value is
 at most `choice.fdr`. Only dev decides; test accuracy is shown beside it and is never used. Stages that
@@ -50,13 +51,15 @@ def evidence(cfg: DictConfig, ev: pd.DataFrame, tokenizer) -> pd.DataFrame:
             raise StudyError(f"results/eval for {model}/{task} were made on other dev documents; rerun evaluate")
         n_choices = np.array([len(d.choices) for d in docs.docs])
         correct = np.asarray(dev.ex_correct, dtype=int)
+        choosing = bool(np.all(n_choices >= 2))  # one continuation (lambada_openai) has no chance level
         rows.append({"task": task, "n_dev": len(correct), "mean_choices": float(n_choices.mean()),
-                     "chance": float(np.mean(1.0 / n_choices)), "dev_acc": float(correct.mean()),
+                     "chance": float(np.mean(1.0 / n_choices)) if choosing else np.nan,
+                     "dev_acc": float(correct.mean()),
                      "test_acc": float(np.mean(cells["test"].ex_correct)) if "test" in cells else np.nan,
-                     "p": above_chance_pvalue(correct, n_choices)})
+                     "p": above_chance_pvalue(correct, n_choices) if choosing else np.nan})
     df = pd.DataFrame(rows)
     df["q"] = benjamini_hochberg(df.p.to_numpy())
-    df["kept"] = df.q <= fdr
+    df["kept"] = df.q <= fdr  # an untested task (q NaN) is never kept
     return df
 
 
@@ -66,7 +69,11 @@ def kept_tasks(cfg: DictConfig) -> list[str]:
     if not path.is_file():
         raise StudyError(f"ablate.tasks is 'chosen' but {path} does not exist; run "
                          f"`python stages/report.py profile={cfg.profile_name} topic=tasks` (dvc repro does)")
-    return json.loads(path.read_text())["kept"]
+    choice = json.loads(path.read_text())
+    if not choice["kept"]:
+        raise StudyError(f"{choice['model']} is above chance on no candidate task on dev ({path}); "
+                         "nothing to study with ablate.tasks=chosen")
+    return choice["kept"]
 
 
 def table(df: pd.DataFrame) -> str:
@@ -82,9 +89,7 @@ def report(cfg: DictConfig, results: Path, out: Path) -> dict:
     ev = load_results("eval", results, with_examples=True)
     tokenizer = zoo.load_tokenizer(model, Path(cfg.paths.models))
     df = evidence(cfg, ev, tokenizer)
-    kept = df[df.kept].task.tolist()
-    if not kept:
-        raise StudyError(f"{model} is above chance on no candidate task on dev; nothing to study")
+    kept = df[df.kept].task.tolist()  # may be empty (random stand-ins); only a stage that needs it refuses
     write_csv(df, out / "task_choice.csv")
     write_text(out / "tables" / "task_choice.tex", table(df))
     write_json({"model": model, "fdr": float((cfg.get("choice") or {}).get("fdr", 0.05)), "kept": kept},
