@@ -229,3 +229,15 @@ def test_task_choice_keeps_the_tasks_above_chance_on_dev(real_cfg, registry_env,
     assert report(cfg, results, tmp_path / "reports" / "tasks") == {"n_candidates": 4, "n_kept": 1}
     assert atlas_tasks(cfg) == ["hyperbaton"]
     assert "hyperbaton" in (tmp_path / "reports" / "tasks" / "tables" / "task_choice.tex").read_text()
+
+
+def test_chosen_tasks_refuse_an_empty_or_missing_choice(tmp_path):
+    from paramscope.evaluation.tasks import atlas_tasks
+
+    cfg = make_cfg("ablate", ["profile=real", f"paths.reports={tmp_path}"])
+    with pytest.raises(StudyError, match="topic=tasks"):
+        atlas_tasks(cfg)
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "kept.json").write_text(json.dumps({"model": "smollm2-135m", "fdr": 0.05, "kept": []}))
+    with pytest.raises(StudyError, match="above chance on no candidate task"):
+        atlas_tasks(cfg)
