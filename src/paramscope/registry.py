@@ -180,10 +180,6 @@ class Archive:
             with self._tar.extractfile(self._prefix + member) as f:
                 yield f
 
-    def read(self, member: str) -> bytes:
-        with self.open(member) as f:
-            return f.read()
-
     def read_all(self, wanted) -> dict[str, bytes]:
         """Every member for which ``wanted(path)`` holds, in one pass: a compressed tar cannot seek back
         cheaply, so reading members one by one would decompress it again for each."""

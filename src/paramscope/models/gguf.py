@@ -8,7 +8,6 @@ with a record of the quantization the weights went through.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -61,7 +60,3 @@ def convert_gguf(path: Path, dest: Path) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     return {"gguf_file": name, "dequantized_from": quantization_types(path), "architecture": type(model).__name__,
             "parameters": n_params, "dtype": "float32"}
-
-
-def describe(record: dict) -> str:
-    return json.dumps(record, sort_keys=True)
