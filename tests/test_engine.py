@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from conftest import smoke_test_docs
 
-from paramscope.ablation.engine import fast_map
+from paramscope.ablation.engine import _branchable, fast_map
 from paramscope.ablation.interventions import UnitSpec, apply
 from paramscope.ablation.units import unit_specs
 from paramscope.evaluation.requests import Doc
-from paramscope.evaluation.scorer import score
+from paramscope.evaluation.packing import packing_limit
+from paramscope.evaluation.scorer import _score_shared_context, score
 from paramscope.models.adapters import get_adapter
 from paramscope.models.random_models import tiny_random_model
 
@@ -92,22 +93,39 @@ def test_tiny_budget_splits_documents_too(setup):
     assert_equals_loop(result, loop, clean)
 
 
-def test_multi_token_documents_fall_back_to_the_loop(setup):
+# Multi-token choices (and one-token choices among them): packed one row per document and branched.
+MULTI = (
+    Doc(doc_id=900, context=(5, 9, 14, 3), choices=((7, 8), (11,), (12, 13, 4)), choice_chars=(3, 1, 5), gold=2),
+    Doc(doc_id=901, context=(6,), choices=((2, 3), (9, 9)), choice_chars=(2, 2), gold=0),
+    Doc(doc_id=902, context=(4, 4, 8, 1, 2), choices=((1, 2, 3, 5), (6,)), choice_chars=(4, 1), gold=1),
+)
+
+
+def test_multi_token_documents_are_branched_like_the_loop(setup):
+    """Packed documents go through the trunk and branch like any others (GPT-Neo's local attention
+    packs only rows within its window; the rest take the loop), and equal both the loop and the
+    key/value-cache scoring of each document."""
     adapter, found, _, _ = setup
-    multi = (
-        Doc(doc_id=900, context=(5, 9, 14, 3), choices=((7, 8), (11,), (12, 13, 4)), choice_chars=(3, 1, 5), gold=2),
-        Doc(doc_id=901, context=(6,), choices=((2, 3), (9, 9)), choice_chars=(2, 2), gold=0),
-    )
-    mixed = (found[0], multi[0], found[1], multi[1])
-    specs = [UnitSpec("heads", 1, (2,)), UnitSpec("neurons", 0, tuple(range(8)), "scale", 0.5), UnitSpec("layers", 2)]
+    limit = packing_limit(adapter.model)
+    assert adapter.family == "gpt_neo" or all(_branchable(d, limit) for d in MULTI)
+    mixed = (found[0], MULTI[0], found[1], MULTI[1], MULTI[2])
+    specs = [UnitSpec("heads", 1, (2,)), UnitSpec("neurons", 0, tuple(range(8)), "scale", 0.5), UnitSpec("layers", 2),
+             UnitSpec("attn", adapter.n_layers - 1), UnitSpec("mlp", adapter.n_layers - 1, (), "scale", 2.0)]
     result = fast_map(adapter, mixed, "heads", specs=specs, batch_size=BATCH)
     assert [s for s, _ in result] == specs
+    moved = 0.0
+    clean = [_score_shared_context(adapter.model, d) for d in MULTI]
     for spec, scores in result:
         with apply(adapter, [spec]):
             expected = score(adapter.model, mixed, BATCH)
+            cached = [_score_shared_context(adapter.model, d) for d in MULTI]  # an independent reference
         np.testing.assert_array_equal(scores.doc_ids, [d.doc_id for d in mixed])
         for got, want in zip(scores.lls, expected.lls):
             np.testing.assert_allclose(got, want, rtol=0, atol=ATOL)
+        for got, want, before in zip([scores.lls[k] for k in (1, 3, 4)], cached, clean):
+            np.testing.assert_allclose(got, want, rtol=0, atol=ATOL)
+            moved = max(moved, np.abs(want - before).max())
+    assert moved > 1e-2, "no ablation changed a multi-token document: the comparison proves nothing"
 
 
 def test_rejects_what_gates_cannot_express(setup):
@@ -140,8 +158,9 @@ def test_a_block_that_does_not_add_up_falls_back_to_re_running_it(docs, monkeypa
 
 # ------------------------------------------------------------------ branched scores (any intervention)
 
-def _variants_and_loops(adapter, found):
-    """Weight edits and statistic-based hooks, each as a branched variant and as the loop scores it."""
+def _variants_and_loops(adapter, found, scored):
+    """Weight edits and statistic-based hooks (statistics from `found`), each as a branched variant and
+    as the loop scores `scored` under it."""
     from contextlib import contextmanager
 
     import torch
@@ -175,30 +194,34 @@ def _variants_and_loops(adapter, found):
     loops = []
     for u in weight_units:
         with edited(adapter, u, "zero"):
-            loops.append(score(adapter.model, found, BATCH))
+            loops.append(score(adapter.model, scored, BATCH))
     for spec, kw in hook_specs:
         gen = torch.Generator().manual_seed(kw["seed"]) if "seed" in kw else None
         with apply(adapter, [spec], generator=gen, means=kw.get("means"), pool=kw.get("pool")):
-            loops.append(score(adapter.model, found, BATCH))
+            loops.append(score(adapter.model, scored, BATCH))
     return variants, loops
 
 
 def test_branched_scores_equal_the_loop_for_weight_edits_and_statistic_hooks(setup):
     from paramscope.ablation.engine import branched_scores
 
-    adapter, found, clean, _ = setup
-    variants, loops = _variants_and_loops(adapter, found)
-    result = branched_scores(adapter, found, variants, batch_size=BATCH)
+    adapter, found, _, _ = setup
+    scored = (*found, *MULTI)  # multi-token documents packed, and (GPT-Neo) some through the loop
+    clean = score(adapter.model, scored, BATCH)
+    variants, loops = _variants_and_loops(adapter, found, scored)
+    result = branched_scores(adapter, scored, variants, batch_size=BATCH)
     assert len(result) == len(loops)
     moved = 0.0
     for got, want in zip(result, loops):
         np.testing.assert_array_equal(got.doc_ids, want.doc_ids)
-        np.testing.assert_allclose(np.stack(got.lls), np.stack(want.lls), rtol=0, atol=ATOL)
+        for a, b, c in zip(got.lls, want.lls, clean.lls):
+            np.testing.assert_allclose(a, b, rtol=0, atol=ATOL)
+            moved = max(moved, np.abs(b - c).max())
         np.testing.assert_array_equal(got.correct, want.correct)
-        moved = max(moved, np.abs(np.stack(want.lls) - np.stack(clean.lls)).max())
     assert moved > 1e-2, "no variant changed anything: the comparison proves nothing"
     # every edit was undone: the model scores as the clean model again
-    np.testing.assert_array_equal(np.stack(score(adapter.model, found, BATCH).lls), np.stack(clean.lls))
+    for a, b in zip(score(adapter.model, scored, BATCH).lls, clean.lls):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_branched_scores_reject_a_first_block_outside_the_model(setup):

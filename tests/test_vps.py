@@ -11,7 +11,7 @@ from conftest import make_cfg
 from paramscope.errors import StudyError
 from paramscope.evaluation.positions import context_lengths
 from paramscope.evaluation.requests import Doc
-from paramscope.evaluation.scorer import score
+from paramscope.evaluation.scorer import _score_shared_context, score
 from paramscope.models.adapters import get_adapter
 from paramscope.models.random_models import tiny_random_model
 from paramscope.store import load_results
@@ -153,7 +153,9 @@ def test_scorer_under_vps_does_not_depend_on_batch_size(model):
 
 def test_multi_token_choices_are_scored_as_whole_sequences_under_vps(model):
     """STUDY section 7 selects over one sequence's tokens: a choice continuing a shared key/value cache would
-    see only its own tokens, so VPS refuses it, and each choice is scored as its own sequence instead."""
+    see only its own tokens, so VPS refuses it, and each choice is scored as its own sequence instead. A
+    document packed into one row (`evaluation.packing`) declares its context, so VPS reads the same
+    statistics there and gives the whole-sequence numbers."""
     docs = [Doc(0, (5, 9, 11, 3), ((7, 8), (12, 13, 14), (20,)), (2, 3, 1), 0),
             Doc(1, (6, 2), ((30, 31, 32), (40, 41)), (3, 2), 1)]
     shared, whole = score(model, docs, 4), score(model, docs, 4, share_context=False)
@@ -162,8 +164,10 @@ def test_multi_token_choices_are_scored_as_whole_sequences_under_vps(model):
     config = VPSConfig(gamma=0.5, rank=4, policy="adaptive")
     with sharpen(model, config):
         with pytest.raises(RuntimeError, match="share_context=False"):
-            score(model, docs, 4)
+            _score_shared_context(model, docs[0])
         got = score(model, docs, 4, share_context=False)
+        for a, b in zip(score(model, docs, 4).lls, got.lls):  # packed rows under VPS: the same numbers
+            np.testing.assert_allclose(a, b, atol=1e-5)
         for doc, lls in zip(docs, got.lls):
             for choice, ll in zip(doc.choices, lls):
                 seq = doc.context + choice

@@ -2,7 +2,8 @@
 
 The one-unit-at-a-time loop (`interventions.apply` + `scorer.score` per unit) runs the whole model
 for every unit. Ablating a unit of layer l changes nothing before block l, so here, per batch of
-documents (every choice one token, as in `scorer._score_single_token`):
+documents (one-token choices read at the last context position; multi-token choices packed one row
+per document, `evaluation.packing`, exactly as the scorer runs them):
 
 1. **Trunk.** The clean model runs once. A forward pre-hook on every block records exactly what the
    model passed to it: the residual stream entering block l, and the attention mask, rotary
@@ -24,8 +25,9 @@ documents (every choice one token, as in `scorer._score_single_token`):
    Each rebuild is checked bit for bit against the clean block output of the first trunk (with
    gates 1); where a family's block does something else, that site falls back to re-running block
    l whole under `interventions.gated`, which is exact for any block.
-3. **Readout.** Only the last context position is normalised and unembedded, and the last block's
-   MLP runs at that position only (`_mlp_at`): nothing else of the last block is read.
+3. **Readout.** Only the read positions (the last context position, and a packed row's choice
+   positions) are normalised and unembedded, and the last block's MLP runs at those positions only
+   (`_mlp_at`): nothing else of the last block is read.
 
 Why call the blocks with recorded arguments rather than re-run the base model with a hook that
 swaps block l's input: the base model cannot skip blocks 0..l-1 without mutating its layer list,
@@ -40,8 +42,8 @@ differs is batch composition (variants x documents instead of documents) and the
 on one position, which can change BLAS blocking. The tests bound the difference at 1e-5; on a
 trained model it is at the level of the loop's own batch-size sensitivity.
 
-Multi-token choices are not branched: documents with any multi-token choice fall back to the plain
-loop (`apply` + `score`, i.e. the scorer's shared-context path) and are merged back in order.
+Documents that are not plain multiple choice (loglikelihood, multiple-input) or do not pack
+(`packing.packing_limit`) fall back to the plain loop (`apply` + `score`) and are merged back in order.
 """
 
 from __future__ import annotations
@@ -67,6 +69,17 @@ from paramscope.ablation.interventions import (
     n_units,
 )
 from paramscope.ablation.units import unit_specs
+from paramscope.evaluation.packing import (
+    Batch,
+    Readout,
+    is_multi_token,
+    log_probs_at,
+    packed_batch,
+    packed_length,
+    packing_limit,
+    single_token_batch,
+)
+from paramscope.evaluation.positions import context_lengths
 from paramscope.evaluation.requests import Doc
 from paramscope.evaluation.scorer import Scores, score
 from paramscope.models.adapters import Adapter
@@ -99,12 +112,28 @@ def parallel_residual(adapter: Adapter, layer: int) -> bool:
     return adapter.family == "gpt_neox" and bool(getattr(adapter.block(layer), "use_parallel_residual", False))
 
 
-def _is_single_token(doc: Doc) -> bool:
-    """Branchable: plain multiple choice with one-token choices. Loglikelihood and multiple-input
-    documents (one context per choice) take the plain loop, which routes them to their scorers."""
+def _branchable(doc: Doc, limit: int | None) -> bool:
+    """Plain multiple choice whose choices are one token, or pack into one row (`packing`).
+    Loglikelihood and multiple-input documents (one context per choice) take the plain loop, which
+    routes them to their scorers."""
     from paramscope.evaluation.loglikelihood import ContinuationDoc, MultiContextDoc
 
-    return not isinstance(doc, (ContinuationDoc, MultiContextDoc)) and all(len(c) == 1 for c in doc.choices)
+    if isinstance(doc, (ContinuationDoc, MultiContextDoc)):
+        return False
+    return not is_multi_token(doc) or limit is None or packed_length(doc) <= limit
+
+
+def _batches(docs: Sequence[Doc], batch_size: int, max_tokens: int, device: torch.device, dtype: torch.dtype
+             ) -> Iterator[tuple[list[int], Batch]]:
+    """(indices, model inputs) of every batch: one-token documents as right-padded contexts, the others
+    packed one row per document; each kind in length order, cut by `_doc_batches`."""
+    for packed in (False, True):
+        kind = [i for i, d in enumerate(docs) if is_multi_token(d) == packed]
+        lengths = [packed_length(docs[i]) if packed else len(docs[i].context) for i in kind]
+        for cut in _doc_batches(lengths, batch_size, max_tokens):
+            idx = [kind[j] for j in cut]
+            chunk = [docs[i] for i in idx]
+            yield idx, packed_batch(chunk, device, dtype) if packed else single_token_batch(chunk, device)
 
 
 def _doc_batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[list[int]]:
@@ -124,32 +153,13 @@ def _doc_batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> li
     return batches
 
 
-def _padded(docs: Sequence[Doc], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """Right-padded ids and mask, as the scorer builds them, and each row's last context position."""
-    lengths = [len(d.context) for d in docs]
-    ids = torch.zeros(len(docs), max(lengths), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, d in enumerate(docs):
-        ids[row, : lengths[row]] = torch.tensor(d.context)
-        mask[row, : lengths[row]] = 1
-    return ids.to(device), mask.to(device), torch.tensor(lengths, device=device) - 1
-
-
-def _choice_ids(docs: Sequence[Doc], device: torch.device) -> tuple[list[int], Tensor]:
-    """Each doc's number of choices, and its one-token choice ids padded to a (docs, max choices) grid."""
-    n_choices = [len(d.choices) for d in docs]
-    choice_ids = torch.zeros(len(docs), max(n_choices), dtype=torch.long)
-    for row, d in enumerate(docs):
-        choice_ids[row, : n_choices[row]] = torch.tensor([c[0] for c in d.choices])
-    return n_choices, choice_ids.to(device)
-
-
-def _read_choices(adapter: Adapter, hidden: Tensor, read: Tensor, choice_ids: Tensor, n_variants: int) -> np.ndarray:
-    """Choice log-probabilities [variant, doc, choice] from the last block's output at positions `read`."""
-    rows = torch.arange(hidden.shape[0], device=hidden.device)
-    final = adapter.final_norm()(hidden[rows, read])
-    logp = F.log_softmax(adapter.unembedding()(final).float(), dim=-1).unflatten(0, (n_variants, -1))
-    return logp.gather(-1, choice_ids.expand(n_variants, -1, -1)).double().cpu().numpy()
+def _read(adapter: Adapter, hidden: Tensor, readout: Readout, n_variants: int) -> list[list[np.ndarray]]:
+    """lls[variant][doc]: choice log-likelihoods from the last block's output, `readout` tiled for
+    `n_variants` (row v*B + b is variant v of document b)."""
+    logp = log_probs_at(adapter.final_norm(), adapter.unembedding(), hidden, readout)
+    per_row = readout.per_doc(readout.log_likelihoods(logp))
+    batch = len(per_row) // n_variants
+    return [per_row[v * batch : (v + 1) * batch] for v in range(n_variants)]
 
 
 def _input_of(args: tuple, kwargs: dict) -> Tensor:
@@ -203,7 +213,7 @@ def _pieces(adapter: Adapter, group: str, layer: int) -> tuple[str, ...]:
     return tuple(sorted({*site, "attn", "mlp", "r"}))
 
 
-def _trunk(adapter: Adapter, ids: Tensor, mask: Tensor, wanted: Sequence[tuple[str, int]]) -> _Trunk:
+def _trunk(adapter: Adapter, batch: Batch, wanted: Sequence[tuple[str, int]]) -> _Trunk:
     """Run the clean model once, recording block calls, the final block output and `wanted` pieces."""
     n = adapter.n_layers
     calls: list[tuple[tuple, dict] | None] = [None] * n
@@ -239,7 +249,7 @@ def _trunk(adapter: Adapter, ids: Tensor, mask: Tensor, wanted: Sequence[tuple[s
                 handles.append(module.register_forward_pre_hook(on_input(key), with_kwargs=True))
             else:
                 handles.append(module.register_forward_hook(on_output(key)))
-        adapter.model.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
+        adapter.model.base_model(**batch.model_inputs(), use_cache=False)
     finally:
         for h in handles:
             h.remove()
@@ -276,12 +286,12 @@ class _Tiler:
 
 
 @contextmanager
-def _mlp_at(adapter: Adapter, layer: int, positions: Tensor) -> Iterator[None]:
-    """Run block `layer`'s MLP only at one position per row (`positions[row]`), zeros elsewhere:
-    after the last block only the last context position is read, and the MLP acts on each position
-    alone, so nothing that is read changes and most of the block's work is skipped."""
+def _mlp_at(adapter: Adapter, layer: int, readout: Readout) -> Iterator[None]:
+    """Run block `layer`'s MLP only at the read positions, zeros elsewhere: after the last block only
+    those are read, and the MLP acts on each position alone, so nothing that is read changes and
+    most of the block's work is skipped."""
     state: dict[str, Any] = {}
-    rows = torch.arange(len(positions), device=positions.device)
+    rows, positions = readout.rows, readout.positions
 
     def pick(module, args, kwargs):
         x = _input_of(args, kwargs)
@@ -306,9 +316,9 @@ def _mlp_at(adapter: Adapter, layer: int, positions: Tensor) -> Iterator[None]:
             h.remove()
 
 
-def _run_blocks(adapter: Adapter, trunk: _Trunk, first: int, hidden: Tensor, tiler: _Tiler, read: Tensor) -> Tensor:
+def _run_blocks(adapter: Adapter, trunk: _Trunk, first: int, hidden: Tensor, tiler: _Tiler, read: Readout) -> Tensor:
     """Blocks `first`..L-1 on `hidden` (already tiled), each with its own recorded arguments (tiled),
-    under whatever hooks are active. Only positions `read[row]` of the result are valid."""
+    under whatever hooks are active. Only the positions `read` reads are valid in the result."""
     last_block = adapter.n_layers - 1
     for k in range(first, adapter.n_layers):
         args, kwargs = trunk.calls[k]
@@ -327,7 +337,8 @@ def _scaled(x: Tensor, gate: Tensor) -> Tensor:
 
 
 def _rebuild(
-    adapter: Adapter, trunk: _Trunk, group: str, layer: int, gate: Tensor, tiler: _Tiler, read: Tensor, gates_1: bool
+    adapter: Adapter, trunk: _Trunk, group: str, layer: int, gate: Tensor, tiler: _Tiler, read: Readout | None,
+    gates_1: bool
 ) -> Tensor:
     """Block `layer`'s output for every tiled row with `group` gated by `gate` (batch, n_units), from
     the trunk's pieces with the block's own arithmetic. With `gates_1` (the check), the rows are the
@@ -370,7 +381,7 @@ def _rebuild_ok(adapter: Adapter, trunk: _Trunk, group: str, layer: int) -> bool
     dev = trunk.block_in(layer).device
     ones = torch.ones(batch, n_units(adapter, group), device=dev)
     try:
-        rebuilt = _rebuild(adapter, trunk, group, layer, ones, _Tiler(batch, 1), torch.zeros(0), gates_1=True)
+        rebuilt = _rebuild(adapter, trunk, group, layer, ones, _Tiler(batch, 1), None, gates_1=True)
         same = torch.equal(rebuilt, trunk.block_out(layer))
         if group in ("heads", "neurons"):  # nothing follows the projection inside its sublayer
             proj = adapter.attn_out_proj(layer) if group == "heads" else adapter.mlp_down_proj(layer)
@@ -392,7 +403,7 @@ def _unit_gate(adapter: Adapter, spec: UnitSpec) -> Tensor:
 
 
 @torch.inference_mode()
-def _fast_single_token(
+def _fast_branched(
     adapter: Adapter,
     docs: Sequence[Doc],
     specs: Sequence[UnitSpec],
@@ -400,24 +411,21 @@ def _fast_single_token(
     max_batch_tokens: int,
     rebuild: bool,
 ) -> list[list[np.ndarray]]:
-    """lls[s][i]: choice log-likelihoods of doc i with spec s applied (every choice one token)."""
-    dev = next(adapter.model.parameters()).device
+    """lls[s][i]: choice log-likelihoods of doc i with spec s applied (every doc branchable)."""
+    param = next(adapter.model.parameters())
     by_site: dict[tuple[int, str], list[int]] = {}  # variants that branch at the same site
     for s, spec in enumerate(specs):
         by_site.setdefault((spec.layer, spec.group), []).append(s)
     wanted = sorted({(p, l) for l, g in by_site for p in (_pieces(adapter, g, l) if rebuild else ())})
-    gates = [_unit_gate(adapter, spec).to(dev) for spec in specs]
+    gates = [_unit_gate(adapter, spec).to(param.device) for spec in specs]
     out: list[list[np.ndarray]] = [[None] * len(docs) for _ in specs]  # type: ignore[list-item]
     # The trunk keeps every block's input and some pieces of it: cap its tokens so that this cache,
     # n_layers deep, stays about the size of one branched forward.
     trunk_tokens = max(1, max_batch_tokens // adapter.n_layers)
     exact: dict[tuple[int, str], bool] = {}  # per site: whether block rebuilding is bit-exact
-    for idx in _doc_batches([len(d.context) for d in docs], batch_size, trunk_tokens):
-        batch_docs = [docs[i] for i in idx]
-        ids, mask, last = _padded(batch_docs, dev)
-        n_docs, width = ids.shape
-        n_choices, choice_ids = _choice_ids(batch_docs, dev)
-        trunk = _trunk(adapter, ids, mask, wanted)
+    for idx, batch in _batches(docs, batch_size, trunk_tokens, param.device, param.dtype):
+        n_docs, width = batch.ids.shape
+        trunk = _trunk(adapter, batch, wanted)
         per_chunk = max(1, max_batch_tokens // (n_docs * width))
         for (layer, group), members in sorted(by_site.items()):
             if (layer, group) not in exact:  # the same operations on every batch: check once
@@ -426,7 +434,7 @@ def _fast_single_token(
             for start in range(0, len(members), per_chunk):
                 chunk = members[start : start + per_chunk]
                 tiler = _Tiler(n_docs, len(chunk))
-                read = last.repeat(len(chunk))
+                read = batch.readout.tiled(len(chunk))
                 gate = torch.stack([gates[s] for s in chunk]).repeat_interleave(n_docs, dim=0)
                 if fast:
                     hidden = _rebuild(adapter, trunk, group, layer, gate, tiler, read, gates_1=False)
@@ -434,10 +442,9 @@ def _fast_single_token(
                 else:
                     with gated(adapter, {(group, layer): gate}):
                         hidden = _run_blocks(adapter, trunk, layer, tiler(trunk.block_in(layer)), tiler, read)
-                picked = _read_choices(adapter, hidden, read, choice_ids, len(chunk))
-                for v, s in enumerate(chunk):
-                    for row, i in enumerate(idx):
-                        out[s][i] = picked[v, row, : n_choices[row]].copy()
+                for s, per_doc in zip(chunk, _read(adapter, hidden, read, len(chunk))):
+                    for i, ll in zip(idx, per_doc):
+                        out[s][i] = ll
     return out
 
 
@@ -473,15 +480,16 @@ def fast_map(
     for spec in specs:
         gate_value(spec.op, spec.value)  # only gate-expressible operations
         _check_site(adapter, spec.group, spec.layer, spec.units)
-    single = [i for i, d in enumerate(docs) if _is_single_token(d)]
-    multi = [i for i, d in enumerate(docs) if not _is_single_token(d)]
+    limit = packing_limit(adapter.model)
+    single = [i for i, d in enumerate(docs) if _branchable(d, limit)]
+    multi = [i for i, d in enumerate(docs) if not _branchable(d, limit)]
     lls: list[list[np.ndarray]] = [[None] * len(docs) for _ in specs]  # type: ignore[list-item]
     if single:
-        fast = _fast_single_token(adapter, [docs[i] for i in single], specs, batch_size, max_batch_tokens, rebuild)
+        fast = _fast_branched(adapter, [docs[i] for i in single], specs, batch_size, max_batch_tokens, rebuild)
         for s in range(len(specs)):
             for j, i in enumerate(single):
                 lls[s][i] = fast[s][j]
-    if multi:  # multi-token choices: the plain loop over the scorer's shared-context path
+    if multi:  # the plain loop: documents that are not plain multiple choice or do not pack
         multi_docs = [docs[i] for i in multi]
         for s, spec in enumerate(specs):
             with apply(adapter, [spec]):
@@ -516,28 +524,30 @@ def branched_scores(adapter: Adapter, docs: Sequence[Doc], variants: Sequence[Va
         if not 0 <= first < adapter.n_layers:
             raise ValueError(f"a variant's first block must be in 0..{adapter.n_layers - 1}, got {first}")
     docs = list(docs)
-    dev = next(adapter.model.parameters()).device
+    param = next(adapter.model.parameters())
     lls: list[list[np.ndarray]] = [[None] * len(docs) for _ in variants]  # type: ignore[list-item]
-    single = [i for i, d in enumerate(docs) if _is_single_token(d)]
-    multi = [i for i, d in enumerate(docs) if not _is_single_token(d)]
+    limit = packing_limit(adapter.model)
+    single = [i for i, d in enumerate(docs) if _branchable(d, limit)]
+    multi = [i for i, d in enumerate(docs) if not _branchable(d, limit)]
     trunk_tokens = max(1, max_batch_tokens // adapter.n_layers)
-    for idx in _doc_batches([len(docs[i].context) for i in single], batch_size, trunk_tokens):
-        batch_docs = [docs[single[j]] for j in idx]
-        ids, mask, last = _padded(batch_docs, dev)
-        n_choices, choice_ids = _choice_ids(batch_docs, dev)
-        trunk = _trunk(adapter, ids, mask, ())
-        tiler = _Tiler(len(batch_docs), 1)
+    for idx, batch in _batches([docs[i] for i in single], batch_size, trunk_tokens, param.device, param.dtype):
+        trunk = _trunk(adapter, batch, ())
+        tiler = _Tiler(len(idx), 1)
+        packed = batch.position_ids is not None
         for v, (first, enter) in enumerate(variants):
-            with enter(ids, mask):
-                hidden = _run_blocks(adapter, trunk, first, trunk.block_in(first), tiler, last)
-                picked = _read_choices(adapter, hidden, last, choice_ids, 1)
-            for row, j in enumerate(idx):
-                lls[v][single[j]] = picked[0, row, : n_choices[row]].copy()
+            # a variant sees the contexts (resampling keys its donors on them), and hooks that must not
+            # see the choices are told where each packed row's context ends
+            with enter(batch.context_ids, batch.context_mask), \
+                    context_lengths(batch.context_lengths) if packed else nullcontext():
+                hidden = _run_blocks(adapter, trunk, first, trunk.block_in(first), tiler, batch.readout)
+                [per_doc] = _read(adapter, hidden, batch.readout, 1)
+            for j, ll in zip(idx, per_doc):
+                lls[v][single[j]] = ll
     if multi:
         multi_docs = [docs[i] for i in multi]
-        ids, mask, _ = _padded(multi_docs[:1], dev)  # placeholders: the loop's own forward picks rows per batch
+        ids, mask = single_token_batch(multi_docs[:1], param.device).model_inputs().values()
         for v, (_, enter) in enumerate(variants):
-            with enter(ids, mask):
+            with enter(ids, mask):  # placeholders: the loop's own forward picks rows per batch
                 loop = score(adapter.model, multi_docs, batch_size)
             for j, i in enumerate(multi):
                 lls[v][i] = loop.lls[j]

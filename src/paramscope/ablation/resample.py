@@ -6,9 +6,10 @@ a batch or in what order they come, so results are the same at any batch size. T
 activation is the one at its last context position (as for `mean`), put at every position of the
 example. An example never draws itself: a donor with exactly the example's tokens is skipped.
 
-For multi-token choices the scorer runs the context once and then all choices against its cache;
-the cached forward reuses the donor drawn for that context, so every choice of a document sees the
-same donor.
+Donors are keyed on the context alone: for multi-token choices packed after their context
+(`evaluation.packing`, which declares each row's context length) only the context tokens count, and
+where the scorer runs the context once and the choices against its cache, the cached forward reuses
+the donor drawn for the context. Every choice of a document sees the same donor.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor
 
 from paramscope.evaluation.kv_cache import passed_cache
+from paramscope.evaluation.positions import current_context_lengths
 
 Site = tuple[str, int]
 
@@ -65,6 +67,10 @@ class ResamplePool:
             if self.rows is None:
                 raise RuntimeError("a cached forward came before any context was seen")
             self.rows = self.rows[:1].expand(input_ids.shape[0])
+            return
+        declared = current_context_lengths()
+        if declared is not None:  # packed rows: the context is each row's leading positions
+            self.rows = torch.tensor([self.donor(token_key(ids[:n])) for ids, n in zip(input_ids.cpu(), declared.cpu())])
             return
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         self.rows = torch.tensor([self.donor(token_key(ids[m.bool()])) for ids, m in zip(input_ids.cpu(), mask.cpu())])

@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from paramscope.ablation.engine import _padded, gate_value
+from paramscope.ablation.engine import gate_value
 from paramscope.ablation.interventions import GROUPS, Site, UnitSpec, gated, n_units
 from paramscope.ablation.units import unit_specs
+from paramscope.evaluation.packing import single_token_batch
 from paramscope.evaluation.requests import Doc
 from paramscope.models.adapters import Adapter
 
@@ -48,9 +49,9 @@ def _log_probs(model, hidden: Tensor) -> Tensor:
 def _single_token_lls(model, docs: Sequence[Doc]) -> list[Tensor]:
     """Choice log-likelihoods (with gradients) when every choice is one token: one padded forward."""
     dev = next(model.parameters()).device
-    ids, mask, last_pos = _padded(docs, dev)
-    hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-    last = hidden[torch.arange(len(docs), device=dev), last_pos]
+    batch = single_token_batch(docs, dev)
+    hidden = model.base_model(**batch.model_inputs(), use_cache=False).last_hidden_state
+    last = hidden[batch.readout.rows, batch.readout.positions]
     logp = _log_probs(model, last)
     return [logp[row, torch.tensor([c[0] for c in d.choices], device=dev)] for row, d in enumerate(docs)]
 

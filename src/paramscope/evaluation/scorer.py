@@ -2,20 +2,30 @@
 
 Two savings over scoring every (context, choice) string separately, as lm-eval's HFLM does:
 - each context is encoded once for all its choices (when every choice is one token, one forward
-  pass of the context gives them all; otherwise the context's key/value cache is shared);
+  pass of the context gives them all; otherwise the document is packed into one row, `packing`);
 - only the positions that predict continuation tokens are unembedded, not the whole sequence.
 The numbers equal HFLM's log-likelihoods; a test checks the accuracies are identical.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from paramscope.evaluation.kv_cache import cache_argument, output_cache
+from paramscope.evaluation.packing import (
+    log_probs_at,
+    packed_batch,
+    packed_length,
+    packing_limit,
+    single_token_batch,
+)
+from paramscope.evaluation.positions import context_lengths
 from paramscope.evaluation.requests import Doc
 
 
@@ -67,32 +77,32 @@ def _unembed_log_probs(model, hidden: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def _score_single_token(model, docs: list[Doc], batch_size: int) -> list[np.ndarray]:
-    """Every choice is one token: the last context position predicts them all."""
+def _score_batched(model, docs: list[Doc], batch_size: int, packed: bool) -> list[np.ndarray]:
+    """Choice log-likelihoods of `docs` in batches of similar length: one-token choices read at the last
+    context position of right-padded contexts; multi-token choices packed one row per document
+    (`packing`), the context encoded once for all its choices."""
     dev = _device(model)
+    dtype = next(model.parameters()).dtype
     out: list[np.ndarray] = [None] * len(docs)  # type: ignore[list-item]
-    order = sorted(range(len(docs)), key=lambda i: len(docs[i].context))
+    length = packed_length if packed else (lambda d: len(d.context))
+    order = sorted(range(len(docs)), key=lambda i: length(docs[i]))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        lengths = [len(docs[i].context) for i in idx]
-        width = max(lengths)
-        ids = torch.zeros(len(idx), width, dtype=torch.long)
-        mask = torch.zeros(len(idx), width, dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids[row, : lengths[row]] = torch.tensor(docs[i].context)
-            mask[row, : lengths[row]] = 1
-        hidden = _hidden(model, ids.to(dev), mask.to(dev))
-        last = hidden[torch.arange(len(idx), device=dev), torch.tensor(lengths, device=dev) - 1]
-        logp = _unembed_log_probs(model, last).cpu()
-        for row, i in enumerate(idx):
-            choice_ids = torch.tensor([c[0] for c in docs[i].choices])
-            out[i] = logp[row, choice_ids].double().numpy()
+        chunk = [docs[i] for i in idx]
+        batch = packed_batch(chunk, dev, dtype) if packed else single_token_batch(chunk, dev)
+        # Packed rows hold choice tokens after the context: hooks that must see the context alone are told where it ends.
+        with context_lengths(batch.context_lengths) if packed else nullcontext():
+            hidden = model.base_model(**batch.model_inputs(), use_cache=False).last_hidden_state
+        logp = log_probs_at(nn.Identity(), model.get_output_embeddings(), hidden, batch.readout)
+        for i, ll in zip(idx, batch.readout.per_doc(batch.readout.log_likelihoods(logp))):
+            out[i] = ll
     return out
 
 
 @torch.inference_mode()
 def _score_shared_context(model, doc: Doc) -> np.ndarray:
-    """Multi-token choices: encode the context once, then all choices against its cached keys/values."""
+    """Multi-token choices of a document too long to pack (`packing.packing_limit`): encode the context
+    once, then all choices against its cached keys/values."""
     dev = _device(model)
     ctx = torch.tensor([doc.context], device=dev)
     # The last context token predicts the first choice token, so it goes with the choices.
@@ -150,12 +160,18 @@ def score(model, docs: list[Doc] | tuple[Doc, ...], batch_size: int = 64, share_
     single = [i for i, d in enumerate(docs) if all(len(c) == 1 for c in d.choices)]
     multi = sorted(set(range(len(docs))) - set(single))
     lls: list[np.ndarray] = [None] * len(docs)  # type: ignore[list-item]
-    for i, ll in zip(single, _score_single_token(model, [docs[i] for i in single], batch_size)):
-        lls[i] = ll
+    if single:
+        for i, ll in zip(single, _score_batched(model, [docs[i] for i in single], batch_size, packed=False)):
+            lls[i] = ll
     if share_context:
-        for i in multi:
+        limit = packing_limit(model)
+        packable = [i for i in multi if limit is None or packed_length(docs[i]) <= limit]
+        if packable:
+            for i, ll in zip(packable, _score_batched(model, [docs[i] for i in packable], batch_size, packed=True)):
+                lls[i] = ll
+        for i in sorted(set(multi) - set(packable)):
             lls[i] = _score_shared_context(model, docs[i])
-    else:
+    elif multi:
         pairs = [[(docs[i].context, choice) for choice in docs[i].choices] for i in multi]
         for i, ll in zip(multi, score_choice_sequences(model, pairs, batch_size)):
             lls[i] = ll

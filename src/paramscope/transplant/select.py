@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from paramscope.ablation.engine import _padded
+from paramscope.evaluation.packing import single_token_batch
 from paramscope.evaluation.requests import Doc
 from paramscope.transplant.modules import Module
 
@@ -49,8 +49,9 @@ def module_activity(model, modules: Sequence[Module], docs: Sequence[Doc], batch
     try:
         order = sorted(range(len(docs)), key=lambda i: len(docs[i].context))
         for start in range(0, len(order), batch_size):
-            ids, mask, batch["last"] = _padded([docs[i] for i in order[start:start + batch_size]], dev)
-            model.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
+            contexts = single_token_batch([docs[i] for i in order[start:start + batch_size]], dev)
+            batch["last"] = contexts.readout.positions
+            model.base_model(**contexts.model_inputs(), use_cache=False)
     finally:
         for handle in handles:
             handle.remove()

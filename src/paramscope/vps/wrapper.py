@@ -146,8 +146,13 @@ def _capture(model: nn.Module, state: _PassState, policy: Policy, backbone: nn.M
     shape = ids.shape if ids is not None else kwargs["inputs_embeds"].shape[:2]
     mask = kwargs.get("attention_mask")
     device = next(backbone.parameters()).device
-    mask = torch.ones(shape, dtype=torch.long, device=device) if mask is None else mask[:, -shape[1]:]
     n_context = current_context_lengths()
+    if mask is not None and mask.dim() == 4:  # packed rows (evaluation.packing): only the declared context counts
+        if n_context is None:
+            raise RuntimeError("a 4D attention mask without declared context lengths: VPS cannot tell which "
+                               "positions are context")
+        mask = None
+    mask = torch.ones(shape, dtype=torch.long, device=device) if mask is None else mask[:, -shape[1]:]
     if n_context is not None:  # statistics from the context only, never from the scored continuation
         if n_context.shape != (shape[0],):
             raise RuntimeError(f"context lengths for {tuple(n_context.shape)} rows, but the batch has {shape[0]}")
