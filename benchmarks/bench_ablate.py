@@ -11,6 +11,9 @@ per unit and task, (c) with `paramscope.ablation.engine.fast_map`; it prints wal
     python benchmarks/bench_ablate.py --smoke --limit 10
     # GPU check: a randomly initialised Pythia-410M-shaped GPT-NeoX on random single-token requests
     python benchmarks/bench_ablate.py --random-pythia --device cuda --limit 128
+    # the real profile's model on BIG-bench tasks converted by its prepare stage (multi-token choices, packed)
+    python benchmarks/bench_ablate.py --model smollm2-135m --bigbench-dir data/bigbench \
+        --tasks unit_conversion similarities_abstraction --split dev --limit 16 --groups layers heads
 
 Peak memory is the rise of resident memory above its level at the start of each method, sampled
 every 2 ms (CPU), or `torch.cuda.max_memory_allocated` above the allocation at its start (CUDA).
@@ -48,7 +51,12 @@ TASK_NAMES = ("induction", "kv", "facts", "arith")
 class Task:
     name: str  # lm-eval task name
     docs: tuple[Doc, ...]
-    include_path: Path | None  # None: not an lm-eval task (random requests)
+    include_path: Path | None  # folder of the task's YAML (None: lm-eval's own, or random requests)
+    data: str | None = None  # task_data: local documents in place of the hub dataset (BIG-bench)
+
+    @property
+    def lm_eval(self) -> bool:
+        return self.include_path is not None or self.data is not None
 
 
 class PeakMemory:
@@ -125,11 +133,27 @@ def load_suite(args) -> tuple[torch.nn.Module, object, list[Task]]:
 
         model, tok = zoo.load(args.model, Path(args.models_dir), device=args.device)
         tasks_dir = Path(args.tasks_dir)
+    if args.bigbench_dir:
+        return model, tok, bigbench_tasks(args, tok)
     tasks = []
     for name in args.tasks:
         td = build_docs(lm_eval_name(name), tok, args.split, seed=0, include_path=tasks_dir, limit=args.limit)
         tasks.append(Task(td.task, td.docs, tasks_dir))
     return model, tok, tasks
+
+
+def bigbench_tasks(args, tok) -> list[Task]:
+    """BIG-bench tasks as the prepare stage converted them, through lm-eval's own YAML (`task_data`)."""
+    from paramscope.data.bigbench import lm_eval_name
+    from paramscope.evaluation.local_data import data_spec
+    from paramscope.evaluation.requests import build_docs
+
+    tasks = []
+    for name in args.tasks:
+        data = data_spec(name, "json", {"default": str(Path(args.bigbench_dir) / f"{name}.jsonl")})
+        td = build_docs(lm_eval_name(name), tok, args.split, seed=0, limit=args.limit, data=data)
+        tasks.append(Task(td.task, td.docs, None, data))
+    return tasks
 
 
 def random_pythia(args) -> tuple[torch.nn.Module, None, list[Task]]:
@@ -185,7 +209,7 @@ def run_lm_eval(adapter, tok, tasks, specs, args) -> dict[str, list[np.ndarray]]
         with apply(adapter, [spec]):
             for t in tasks:
                 ids = [d.doc_id for d in t.docs]
-                per_doc = lm_eval_per_doc(adapter.model, tok, t.name, ids, t.include_path, args.batch_size)
+                per_doc = lm_eval_per_doc(adapter.model, tok, t.name, ids, t.include_path, args.batch_size, t.data)
                 out[t.name].append(np.array([int(per_doc[i]["acc"]) for i in ids], dtype=np.int8))
     return out
 
@@ -226,6 +250,7 @@ def main() -> None:
     ap.add_argument("--models-dir", default="models")
     ap.add_argument("--tasks", nargs="+", default=list(TASK_NAMES))
     ap.add_argument("--tasks-dir", default="data/tasks")
+    ap.add_argument("--bigbench-dir", default=None, help="BIG-bench tasks from this folder of converted .jsonl")
     ap.add_argument("--split", default="test")
     ap.add_argument("--limit", type=int, default=None, help="documents per task (random requests: in all; 128)")
     ap.add_argument("--groups", nargs="+", default=["heads", "neurons"])
@@ -249,7 +274,7 @@ def main() -> None:
 
     model, tok, tasks = load_suite(args)
     adapter = get_adapter(model)
-    with_lm_eval = not args.skip_lm_eval and tasks[0].include_path is not None
+    with_lm_eval = not args.skip_lm_eval and tasks[0].lm_eval
     n_docs = sum(len(t.docs) for t in tasks)
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {args.threads} thread(s)"
     label = "random Pythia-410M shape" if args.random_pythia else "tiny random (smoke)" if args.smoke else args.model

@@ -72,12 +72,15 @@ def test_neuron_blocks_sum_their_neurons(docs):
 
 @pytest.mark.parametrize("metric", ["gold_ll", "gold_logprob"])
 @pytest.mark.parametrize("group,unit", [("heads", (1, 2)), ("neurons", (2, 40)), ("layers", (1, 0))])
-def test_gradient_equals_finite_difference(docs, metric, group, unit):
-    """In float64, central differences of the metric in one gate match the screen's gradient.
+@pytest.mark.parametrize("multi_token", [False, True])
+def test_gradient_equals_finite_difference(docs, metric, group, unit, multi_token):
+    """In float64, central differences of the metric in one gate match the screen's gradient (on packed
+    multi-token documents too).
     GPT-2 computes everything in the model's dtype; the other families keep parts in float32 whatever
     the dtype (GPT-NeoX/Llama softmax, Llama RMSNorm, GPT-Neo attention), which caps finite
     differences through them at about 1e-3 relative."""
     found, vocab = docs
+    found = MULTI + found[:3] if multi_token else found
     adapter = get_adapter(deepcopy(model("gpt2", vocab).model).double())
     layer, index = unit
     grads = gate_gradients(adapter, found, group, metric)
@@ -94,16 +97,20 @@ def test_gradient_equals_finite_difference(docs, metric, group, unit):
     assert grads[layer, index] == pytest.approx(fd, rel=1e-5, abs=1e-8)
 
 
-def test_metric_is_the_scorers(docs):
+MULTI = (
+    Doc(doc_id=900, context=(5, 9, 14, 3), choices=((7, 8), (11,), (12, 13, 4)), choice_chars=(3, 1, 5), gold=2),
+    Doc(doc_id=901, context=(6, 1), choices=((2, 3), (9, 9)), choice_chars=(2, 2), gold=0),
+)
+
+
+@pytest.mark.parametrize("family", ["gpt_neo", "llama"])
+def test_metric_is_the_scorers(docs, family):
     """At gates 1 the screened metric is the scorer's mean gold log-likelihood (or log-prob among the
-    choices), multi-token choices included."""
+    choices), multi-token choices included (packed for Llama; GPT-Neo's local window sends them one
+    by one as full sequences)."""
     found, vocab = docs
-    adapter = model("gpt_neo", vocab)
-    multi = (
-        Doc(doc_id=900, context=(5, 9, 14, 3), choices=((7, 8), (11,), (12, 13, 4)), choice_chars=(3, 1, 5), gold=2),
-        Doc(doc_id=901, context=(6, 1), choices=((2, 3), (9, 9)), choice_chars=(2, 2), gold=0),
-    )
-    mixed = found[:6] + multi
+    adapter = model(family, vocab)
+    mixed = found[:6] + MULTI
     scores = score(adapter.model, mixed)
     assert gated_metric(adapter, mixed) == pytest.approx(scores.gold_ll.mean(), abs=1e-5)
     logprob = np.mean([ll[g] - np.logaddexp.reduce(ll) for ll, g in zip(scores.lls, scores.gold)])

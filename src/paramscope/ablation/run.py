@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,6 +33,38 @@ def selected(cfg: DictConfig, key: str, default: list) -> list[str]:
         return list(default)
     check_choice(key, value, default)
     return [value]
+
+
+def profile_leaves_out(cfg: DictConfig) -> str | None:
+    """Why this job's map is not part of the profile's atlas (`ablate.leave_out`: groups and ops a profile
+    does not run, e.g. the real profile's maps that do not fit a CPU), or None. The grid in params.yaml is
+    one for every profile; this is where a profile narrows it, visibly."""
+    leave_out = cfg.ablate.get("leave_out") or {}
+    for kind, name in (("groups", cfg.group), ("ops", cfg.op)):
+        if name in (leave_out.get(kind) or []):
+            return (f"profile '{cfg.get('profile_name')}' leaves out {kind[:-1]} '{name}' "
+                    f"(ablate.leave_out.{kind}; override with ablate.leave_out.{kind}=[])")
+    return None
+
+
+def atlas_max_docs(cfg: DictConfig) -> int | None:
+    """`ablate.max_docs`: the atlas reads at most N documents of each split (all where null), so that a
+    large model's maps fit the machine."""
+    value = cfg.ablate.get("max_docs")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise StudyError(f"ablate.max_docs must be a positive integer or null (every document); got {value!r}")
+    return value
+
+
+def capped(docs: tuple, max_docs: int | None, seed: int) -> tuple:
+    """At most `max_docs` of `docs`, drawn by the seed and kept in document order (a task's documents can
+    come grouped by subtask, so the first N would not be a sample); all of them where None."""
+    if max_docs is None or len(docs) <= max_docs:
+        return docs
+    keep = np.sort(np.random.default_rng(seed).permutation(len(docs))[:max_docs])
+    return tuple(docs[i] for i in keep)
 
 
 # `pairs`: every pair of the top units of a zero map (chosen on dev), ablated jointly (non-additivity).
@@ -62,11 +95,16 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
     if cfg.group in GROUP_ALIASES:  # one name in keys and rows, whichever the user typed
         cfg = OmegaConf.merge(cfg, {"group": GROUP_ALIASES[cfg.group]})
     check_request(cfg)
+    left_out = profile_leaves_out(cfg)
+    if left_out:
+        log.warning("%s; nothing computed", left_out)
+        return {"computed": 0, "skipped": 0, "left_out": 1}
     models = selected(cfg, "model", cfg.ablate.models)
     tasks = selected(cfg, "task", atlas_tasks(cfg))
     value = float(cfg.value)
     bins = int(cfg.ablate.matrix_magnitude_bins if cfg.group == "magnitude_matrix" else cfg.ablate.magnitude_bins)
     prefix = f"{cfg.group}-{cfg.op}-{value:g}-"  # lets a job find its own cells among all others
+    max_docs = atlas_max_docs(cfg)
     planned: set[Path] = set()
     counts = {"computed": 0, "skipped": 0}
     for name in models:  # every model must exist before any work starts
@@ -85,6 +123,8 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
                                 selected_on="dev")
                 if cfg.op in STAT_OPS:
                     spec["reference"] = "dev/last-context-position"
+                if max_docs is not None:  # only where set, so that uncapped cells keep their keys
+                    spec["max_docs"] = max_docs
                 key = prefix + cell_key(stage="ablate", schema=ROW_SCHEMA, digest=digest, task=task, split=split,
                                         **split_definition(cfg), seed=cfg.seed,
                                         n_resamples=cfg.ablate.n_resamples, **spec)
@@ -93,9 +133,10 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
                 if path.exists():
                     counts["skipped"] += 1
                     continue
-                docs = task_docs(cfg, task, split, tokenizer).docs
+                docs = capped(task_docs(cfg, task, split, tokenizer).docs, max_docs, cfg.seed)
                 clean = score(model, docs, cfg.eval.batch_size)
-                reference = task_docs(cfg, task, "dev", tokenizer).docs if cfg.op in STAT_OPS or cfg.group == "pairs" else None
+                reference = (capped(task_docs(cfg, task, "dev", tokenizer).docs, max_docs, cfg.seed)
+                             if cfg.op in STAT_OPS or cfg.group == "pairs" else None)
                 if cfg.group == "pairs":
                     df = pair_map(adapter, reference, docs, clean, cfg.ablate.pair_group, int(cfg.ablate.pair_top_k),
                                   cfg.ablate.n_resamples, cfg.seed, cfg.eval.batch_size, cfg.ablate.neuron_block)

@@ -16,9 +16,10 @@ clean, so negative means the ablation hurts):
 - ``gold_logprob``: the gold choice's log-probability among the choices,
   gold_ll - logsumexp(choice lls), closer to what accuracy responds to.
 
-Documents with multi-token choices, or with one context per choice (winogrande), are scored as full
-context+choice sequences, each choice after its own context (the same sums of token log-probabilities
-the scorer computes, with gradients).
+Documents with multi-token choices are packed one row each, as the scorer packs them; those with one
+context per choice (winogrande), or too long to pack, are scored as full context+choice sequences, each
+choice after its own context (the same sums of token log-probabilities the scorer computes, with
+gradients).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from torch import Tensor
 from paramscope.ablation.engine import gate_value
 from paramscope.ablation.interventions import GROUPS, Site, UnitSpec, gated, n_units
 from paramscope.ablation.units import unit_specs
-from paramscope.evaluation.packing import single_token_batch
+from paramscope.evaluation.packing import packed_batch, packed_length, packing_limit, single_token_batch
 from paramscope.evaluation.requests import Doc
 from paramscope.models.adapters import Adapter
 
@@ -88,18 +89,37 @@ def _doc_metric(lls: Tensor, gold: int, metric: str) -> Tensor:
     return lls[gold] - torch.logsumexp(lls, dim=0)
 
 
-def _metric_sums(model, docs: Sequence[Doc], metric: str, batch_size: int) -> Iterator[Tensor]:
-    """The metric summed over each batch of documents (single-token docs batched, others one by one)."""
-    def batched(d: Doc) -> bool:  # one forward serves every choice: single tokens after one shared context
-        return all(len(c) == 1 for c in d.choices) and len(set(_choice_contexts(d))) == 1
+def _packed_lls(model, docs: Sequence[Doc]) -> list[Tensor]:
+    """Choice log-likelihoods (with gradients) of documents packed one row each (`evaluation.packing`)."""
+    param = next(model.parameters())
+    batch = packed_batch(docs, param.device, param.dtype)
+    hidden = model.base_model(**batch.model_inputs(), use_cache=False).last_hidden_state
+    sums = batch.readout.choice_sums(_log_probs(model, hidden[batch.readout.rows, batch.readout.positions]))
+    return [sums[row, : len(d.choices)] for row, d in enumerate(docs)]
 
-    single = sorted((d for d in docs if batched(d)), key=lambda d: len(d.context))
-    for start in range(0, len(single), batch_size):
-        batch = single[start : start + batch_size]
-        lls = _single_token_lls(model, batch)
-        yield torch.stack([_doc_metric(ll, d.gold, metric) for ll, d in zip(lls, batch)]).sum()
+
+def _metric_sums(model, docs: Sequence[Doc], metric: str, batch_size: int) -> Iterator[Tensor]:
+    """The metric summed over each batch of documents: one-token choices batched at the last context
+    position, multi-token choices packed one row per document and batched, the rest (one context per
+    choice, or rows too long to pack) one by one."""
+    limit = packing_limit(model)
+
+    def shared(d: Doc) -> bool:  # every choice follows one context
+        return len(set(_choice_contexts(d))) == 1
+
+    def single(d: Doc) -> bool:
+        return shared(d) and all(len(c) == 1 for c in d.choices)
+
+    def packed(d: Doc) -> bool:
+        return shared(d) and not single(d) and (limit is None or packed_length(d) <= limit)
+
+    for kind, lls_of, length in ((single, _single_token_lls, lambda d: len(d.context)), (packed, _packed_lls, packed_length)):
+        chosen = sorted((d for d in docs if kind(d)), key=length)
+        for start in range(0, len(chosen), batch_size):
+            batch = chosen[start : start + batch_size]
+            yield torch.stack([_doc_metric(ll, d.gold, metric) for ll, d in zip(lls_of(model, batch), batch)]).sum()
     for d in docs:
-        if not batched(d):
+        if not single(d) and not packed(d):
             yield _doc_metric(_full_sequence_lls(model, d), d.gold, metric)
 
 

@@ -61,14 +61,16 @@ class Readout:
             n_choices=self.n_choices * n,
         )
 
-    def log_likelihoods(self, read_log_probs: Tensor) -> np.ndarray:
+    def choice_sums(self, read_log_probs: Tensor) -> Tensor:
         """(rows, max choices) summed choice log-likelihoods in float64 from the reads' log-probabilities
-        (R, vocab); slots past a row's last choice stay 0."""
+        (R, vocab), differentiable; slots past a row's last choice stay 0."""
         picked = read_log_probs[self.target_read, self.target_token].double()
         width = max(self.n_choices)
         sums = torch.zeros(self.batch * width, dtype=torch.float64, device=picked.device)
-        sums.index_add_(0, self.target_slot, picked)
-        return sums.reshape(self.batch, width).cpu().numpy()
+        return sums.index_add(0, self.target_slot, picked).reshape(self.batch, width)
+
+    def log_likelihoods(self, read_log_probs: Tensor) -> np.ndarray:
+        return self.choice_sums(read_log_probs).detach().cpu().numpy()
 
     def per_doc(self, lls: np.ndarray) -> list[np.ndarray]:
         return [lls[row, :n].copy() for row, n in enumerate(self.n_choices)]
