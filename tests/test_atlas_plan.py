@@ -29,11 +29,44 @@ def test_max_docs_must_be_a_positive_integer_or_null(bad):
 
 
 def test_a_profile_leaves_out_maps_by_group_and_op_and_says_so(tmp_path):
-    cfg = _cfg(leave_out={"groups": ["neurons"], "ops": ["mean"]})
+    cfg = _cfg(leave_out={"groups": ["neurons"], "ops": ["mean"], "maps": ["heads/scale"]})
     assert "leaves out group 'neurons'" in profile_leaves_out(cfg)
     assert profile_leaves_out(OmegaConf.merge(cfg, {"group": "heads"})) is None
     assert "leaves out op 'mean'" in profile_leaves_out(OmegaConf.merge(cfg, {"group": "heads", "op": "mean"}))
+    assert "leaves out map 'heads/scale'" in profile_leaves_out(OmegaConf.merge(cfg, {"group": "heads", "op": "scale"}))
+    assert profile_leaves_out(OmegaConf.merge(cfg, {"group": "layers", "op": "scale"})) is None
     assert profile_leaves_out(_cfg()) is None
     # the job computes nothing and writes nothing (no model is even looked for)
     assert run_grid(cfg, tmp_path) == {"computed": 0, "skipped": 0, "left_out": 1}
     assert not any(tmp_path.iterdir())
+
+
+def test_a_screened_map_checks_the_dev_screens_top_units_and_as_many_random_ones(smoke_suite):
+    """Chosen on dev, the same units on every split; each checked unit's row equals the full map's."""
+    import numpy as np
+    from conftest import smoke_test_docs
+
+    from paramscope.ablation.atlas import ablation_map
+    from paramscope.ablation.screen import attribution_screen
+    from paramscope.evaluation.scorer import score
+    from paramscope.models.adapters import get_adapter
+    from paramscope.models.random_models import tiny_random_model
+
+    found, vocab = smoke_test_docs(smoke_suite[1], limit=4)
+    dev, test = found[::2], found[1::2]
+    adapter = get_adapter(tiny_random_model("llama", seed=1, vocab_size=vocab))
+    clean = score(adapter.model, test)
+    full = ablation_map(adapter, test, "heads", "zero", 0.0, clean, 1000, 0)
+    maps = [ablation_map(adapter, test, "heads", "zero", 0.0, clean, 1000, seed, reference=dev, exact_units=2)
+            for seed in (0, 0, 1)]
+    got = maps[0]
+    assert len(got) == 4 and sorted(got["checked"]) == ["random", "random", "screen-top", "screen-top"]
+    estimate = attribution_screen(adapter, dev, "heads")
+    top = set(full["unit_name"].to_numpy()[np.argsort(estimate)[:2]])
+    assert set(got.loc[got["checked"] == "screen-top", "unit_name"]) == top
+    assert set(full["checked"]) == {"all"}
+    for _, row in got.iterrows():
+        same = full[full["unit_name"] == row["unit_name"]].iloc[0]
+        assert row["delta_loss"] == same["delta_loss"] and row["screen_delta_gold_ll"] == same["screen_delta_gold_ll"]
+    assert maps[1].equals(got)  # seeded
+    assert set(maps[2]["unit_name"]) != set(got["unit_name"]) or len(full) <= 4  # another seed draws others

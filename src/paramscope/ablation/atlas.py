@@ -148,8 +148,13 @@ def ablation_map(
     neuron_block: int = 64,
     reference: tuple[Doc, ...] | None = None,
     magnitude_bins: int = 10,
+    exact_units: int | None = None,
 ) -> pd.DataFrame:
     """One row per unit: the model scored with that unit ablated, paired with ``clean``.
+
+    ``exact_units`` = k makes a zero map of heads or neurons *screened*: only the dev screen's top k
+    units and k random others are computed exactly (`screened_specs`), for models too large for every
+    unit; None computes every unit.
 
     ``reference`` (the task's dev documents) gives the statistics of ``mean`` and ``noise`` and the donors
     of ``resample``; ``seed`` also seeds the noise, the donor draw and the random controls. Weight groups use ``magnitude_bins`` bins.
@@ -160,7 +165,13 @@ def ablation_map(
         raise ValueError(f"unknown map {group}/{op}; groups: {', '.join(MAP_GROUPS)}; ops: {', '.join(MAP_OPS)}")
     rows = []
     screen = None
-    if op in FAST_OPS:  # the engine: clean trunk once, ablated variants batched from their layer on
+    checked: list[str] | None = None
+    if exact_units is not None and op == "zero" and group in SCREENED_GROUPS:
+        if reference is None:
+            raise ValueError("a screened map needs reference documents (the task's dev split) to choose units on")
+        specs, checked = screened_specs(adapter, reference, group, neuron_block, exact_units, seed, batch_size)
+        results = fast_map(adapter, docs, group, op, value, batch_size, neuron_block=neuron_block, specs=specs)
+    elif op in FAST_OPS:  # the engine: clean trunk once, ablated variants batched from their layer on
         results = fast_map(adapter, docs, group, op, value, batch_size, neuron_block=neuron_block)
     elif op in STAT_OPS:
         if reference is None:
@@ -204,9 +215,29 @@ def ablation_map(
                 **paired_row(clean, ablated, n_resamples, seed),
                 # estimated change in mean gold log-likelihood; the exact one is -delta_loss
                 "screen_delta_gold_ll": float(screen[k]) if screen is not None else float("nan"),
+                # why the unit was computed exactly: every unit ("all"), or, in a screened map, among the
+                # dev screen's top units ("screen-top") or the equally many random others ("random")
+                "checked": checked[k] if checked is not None else "all",
             }
         )
     return pd.DataFrame(rows)
+
+
+def screened_specs(adapter: Adapter, reference: tuple[Doc, ...], group: str, neuron_block: int, k: int, seed: int,
+                   batch_size: int = 64) -> tuple[list[UnitSpec], list[str]]:
+    """The units a screened map computes exactly, in unit order, and why each: the `k` whose zero
+    ablation the first-order screen on the dev documents estimates to hurt most, and `k` others drawn by
+    the seed, so that the screen's ranking is checked against units it did not pick. Chosen on dev, the
+    same units for every split."""
+    specs = list(unit_specs(adapter, group, "zero", 0.0, neuron_block))
+    estimate = attribution_screen(adapter, reference, group, neuron_block, batch_size=batch_size, specs=specs)
+    order = np.argsort(estimate, kind="stable")  # most negative estimated change first
+    top = [int(i) for i in order[:k]]
+    rest = np.setdiff1d(np.arange(len(specs)), top)
+    drawn = np.random.default_rng(seed).choice(rest, size=min(k, len(rest)), replace=False)
+    why = {**{i: "screen-top" for i in top}, **{int(i): "random" for i in drawn}}
+    chosen = sorted(why)
+    return [specs[i] for i in chosen], [why[i] for i in chosen]
 
 
 def _weight_map(adapter: Adapter, docs: tuple[Doc, ...], group: str, op: str, value: float, clean: Scores,

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from paramscope.ablation.atlas import MAP_GROUPS, MAP_OPS, STAT_OPS, ablation_map
+from paramscope.ablation.atlas import MAP_GROUPS, MAP_OPS, SCREENED_GROUPS, STAT_OPS, ablation_map
 from paramscope.ablation.pairs import PAIR_GROUPS, pair_map
 from paramscope.ablation.weights import WEIGHT_GROUPS, WEIGHT_OPS
 from paramscope.errors import StudyError, check_choice
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 # Part of every cell's key: bump it when a map's rows change shape or meaning, so that cells made by
 # older code are recomputed instead of being mixed into new tables.
-ROW_SCHEMA = 4
+ROW_SCHEMA = 5
 
 
 def selected(cfg: DictConfig, key: str, default: list) -> list[str]:
@@ -36,11 +36,11 @@ def selected(cfg: DictConfig, key: str, default: list) -> list[str]:
 
 
 def profile_leaves_out(cfg: DictConfig) -> str | None:
-    """Why this job's map is not part of the profile's atlas (`ablate.leave_out`: groups and ops a profile
-    does not run, e.g. the real profile's maps that do not fit a CPU), or None. The grid in params.yaml is
+    """Why this job's map is not part of the profile's atlas (`ablate.leave_out`: groups, ops and
+    group/op maps a profile does not run, e.g. the real profile's maps that do not fit a CPU), or None. The grid in params.yaml is
     one for every profile; this is where a profile narrows it, visibly."""
     leave_out = cfg.ablate.get("leave_out") or {}
-    for kind, name in (("groups", cfg.group), ("ops", cfg.op)):
+    for kind, name in (("groups", cfg.group), ("ops", cfg.op), ("maps", f"{cfg.group}/{cfg.op}")):
         if name in (leave_out.get(kind) or []):
             return (f"profile '{cfg.get('profile_name')}' leaves out {kind[:-1]} '{name}' "
                     f"(ablate.leave_out.{kind}; override with ablate.leave_out.{kind}=[])")
@@ -105,6 +105,7 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
     bins = int(cfg.ablate.matrix_magnitude_bins if cfg.group == "magnitude_matrix" else cfg.ablate.magnitude_bins)
     prefix = f"{cfg.group}-{cfg.op}-{value:g}-"  # lets a job find its own cells among all others
     max_docs = atlas_max_docs(cfg)
+    exact_units = cfg.ablate.get("exact_units")  # screened heads/neuron maps (atlas.screened_specs)
     planned: set[Path] = set()
     counts = {"computed": 0, "skipped": 0}
     for name in models:  # every model must exist before any work starts
@@ -125,6 +126,9 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
                     spec["reference"] = "dev/last-context-position"
                 if max_docs is not None:  # only where set, so that uncapped cells keep their keys
                     spec["max_docs"] = max_docs
+                screened = exact_units is not None and cfg.op == "zero" and cfg.group in SCREENED_GROUPS
+                if screened:
+                    spec.update(exact_units=exact_units, selected_on="dev")
                 key = prefix + cell_key(stage="ablate", schema=ROW_SCHEMA, digest=digest, task=task, split=split,
                                         **split_definition(cfg), seed=cfg.seed,
                                         n_resamples=cfg.ablate.n_resamples, **spec)
@@ -136,13 +140,14 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
                 docs = capped(task_docs(cfg, task, split, tokenizer).docs, max_docs, cfg.seed)
                 clean = score(model, docs, cfg.eval.batch_size)
                 reference = (capped(task_docs(cfg, task, "dev", tokenizer).docs, max_docs, cfg.seed)
-                             if cfg.op in STAT_OPS or cfg.group == "pairs" else None)
+                             if cfg.op in STAT_OPS or cfg.group == "pairs" or screened else None)
                 if cfg.group == "pairs":
                     df = pair_map(adapter, reference, docs, clean, cfg.ablate.pair_group, int(cfg.ablate.pair_top_k),
                                   cfg.ablate.n_resamples, cfg.seed, cfg.eval.batch_size, cfg.ablate.neuron_block)
                 else:
                     df = ablation_map(adapter, docs, cfg.group, cfg.op, value, clean, cfg.ablate.n_resamples,
-                                      cfg.seed, cfg.eval.batch_size, cfg.ablate.neuron_block, reference, bins)
+                                      cfg.seed, cfg.eval.batch_size, cfg.ablate.neuron_block, reference, bins,
+                                      exact_units if screened else None)
                 meta = {"model": name, "digest": digest, "task": task, "split": split, "cell": key,
                         **split_definition(cfg)}
                 write_cell(pd.concat([pd.DataFrame([meta] * len(df)), df], axis=1), path)
