@@ -70,3 +70,16 @@ def test_a_screened_map_checks_the_dev_screens_top_units_and_as_many_random_ones
         assert row["delta_loss"] == same["delta_loss"] and row["screen_delta_gold_ll"] == same["screen_delta_gold_ll"]
     assert maps[1].equals(got)  # seeded
     assert set(maps[2]["unit_name"]) != set(got["unit_name"]) or len(full) <= 4  # another seed draws others
+
+
+def test_the_real_profiles_atlas_plan_reaches_the_ablate_stage():
+    """The stage's own config file comes after the profile in the defaults, so a key it also set would
+    silently undo the profile's: the real profile's sizing must arrive intact."""
+    from conftest import make_cfg
+
+    cfg = make_cfg("ablate", ["profile=real"])
+    assert atlas_max_docs(cfg) == 16 and cfg.ablate.exact_units == 16
+    assert "neurons" in cfg.ablate.leave_out.groups and "heads/scale" in cfg.ablate.leave_out.maps
+    tiny = make_cfg("ablate", ["profile=tiny"])
+    assert atlas_max_docs(tiny) is None and tiny.ablate.get("exact_units") is None
+    assert profile_leaves_out(OmegaConf.merge(tiny, {"group": "neurons"})) is None
