@@ -430,3 +430,17 @@ def test_jittered_figures_are_the_same_bytes_on_every_draw():
         return buf.getvalue()
 
     assert draw() == draw()
+
+
+def test_the_real_profile_reports_no_trained_model_of_the_tiny_profile():
+    """The real profile builds on tiny's settings but trains nothing: none of tiny's architecture,
+    variants or training mixes may reach its report's macros."""
+    from conftest import make_cfg
+
+    from paramscope.report.aggregate import profile_facts
+
+    cfg = make_cfg("aggregate", ["profile=real"])
+    names = {name for name, _ in profile_facts(cfg)}
+    assert "ProfileName" in names
+    assert not any(n.startswith(("Model", "Train", "Mix")) for n in names), sorted(names)
+    assert any(n.startswith("Train") for n, _ in profile_facts(make_cfg("aggregate", ["profile=tiny"])))
