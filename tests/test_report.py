@@ -444,3 +444,13 @@ def test_the_real_profile_reports_no_trained_model_of_the_tiny_profile():
     assert "ProfileName" in names
     assert not any(n.startswith(("Model", "Train", "Mix")) for n in names), sorted(names)
     assert any(n.startswith("Train") for n, _ in profile_facts(make_cfg("aggregate", ["profile=tiny"])))
+
+
+def test_a_screened_map_is_not_taken_for_a_whole_map():
+    """Concentration (share of a map's damage in its top units) needs every unit; a screened map's rows
+    are a chosen subset, so the report leaves it out there."""
+    from paramscope.report.aggregate import every_unit_exact
+
+    assert every_unit_exact(pd.DataFrame({"delta_acc": [0.1, 0.2]}))  # rows made before the column existed
+    assert every_unit_exact(pd.DataFrame({"checked": ["all", "all"]}))
+    assert not every_unit_exact(pd.DataFrame({"checked": ["screen-top", "random"]}))

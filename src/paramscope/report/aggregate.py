@@ -331,6 +331,11 @@ def top_units(atlas: pd.DataFrame, s: Settings) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
 
 
+def every_unit_exact(m: pd.DataFrame) -> bool:
+    """Whether a map computed every unit exactly (not a screened map, `atlas.screened_specs`)."""
+    return "checked" not in m or bool((m["checked"].fillna("all") == "all").all())
+
+
 def map_summary(atlas: pd.DataFrame, tops: pd.DataFrame, s: Settings) -> pd.DataFrame:
     """One row per map: units, significant units (harmful / helpful), concentration, top unit."""
     first = tops[tops["rank"] == 1].set_index(MAP_KEYS)
@@ -338,7 +343,8 @@ def map_summary(atlas: pd.DataFrame, tops: pd.DataFrame, s: Settings) -> pd.Data
     for key, m in _maps(atlas).items():
         sig = m["significant"].to_numpy()
         delta = m["delta_acc"].to_numpy()
-        conc = concentration(-delta, (0.5, 0.9))
+        # a screened map holds a chosen subset of the units: their share of its damage says nothing of the whole
+        conc = concentration(-delta, (0.5, 0.9)) if every_unit_exact(m) else {0.5: np.nan, 0.9: np.nan}
         top = first.loc[key] if key in first.index else None
         rows.append({
             **dict(zip(MAP_KEYS, key)),

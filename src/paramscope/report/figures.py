@@ -276,6 +276,8 @@ def concentration_curves(inp: Inputs, group: str) -> Figure:
     """Cumulative share of a map's total damage carried by its most harmful units (sorted), against the
     fraction of units: the steeper, the more concentrated. One line per task, one panel per model."""
     df = inp.atlas[(inp.atlas["split"] == inp.split) & (inp.atlas["group"] == group) & (inp.atlas["op"] == "zero")]
+    if "checked" in df:  # screened maps hold a chosen subset of units: no share of the whole to draw
+        df = df[df["checked"].fillna("all") == "all"]
     models, tasks = inp.model_order(df["model"]), inp.task_order(df["task"])
     palette = colors(tasks)
     fig = new_figure(TEXT_WIDTH, 2.0)
@@ -360,8 +362,9 @@ def all_figures(inp: Inputs) -> Iterator[tuple[str, Callable[[], Figure]]]:
             lambda o=op, v=value: layer_profiles(inp, o, v)
     if atlas["group"].isin(["magnitude"]).any():
         yield "magnitude_curves", lambda: magnitude_curves(inp)
+    exact = atlas[atlas["checked"].fillna("all") == "all"] if "checked" in atlas else atlas
     for group in UNIT_GROUPS:
-        if ((atlas["group"] == group) & (atlas["op"] == "zero")).any():
+        if ((exact["group"] == group) & (exact["op"] == "zero")).any():
             yield f"concentration_{group}", lambda g=group: concentration_curves(inp, g)
     if "screen_delta_gold_ll" in atlas and atlas["screen_delta_gold_ll"].notna().any():
         yield "screen_vs_exact", lambda: screen_vs_exact(inp)
