@@ -56,7 +56,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from paramscope.ablation.interventions import (
@@ -72,9 +71,9 @@ from paramscope.ablation.units import unit_specs
 from paramscope.evaluation.packing import (
     Batch,
     Readout,
+    batch_of,
     is_multi_token,
     log_probs_at,
-    packed_batch,
     packed_length,
     packing_limit,
     single_token_batch,
@@ -123,17 +122,22 @@ def _branchable(doc: Doc, limit: int | None) -> bool:
     return not is_multi_token(doc) or limit is None or packed_length(doc) <= limit
 
 
+def _split_branchable(adapter: Adapter, docs: Sequence[Doc]) -> tuple[list[int], list[int]]:
+    """Indices of the documents the engine branches, and of those it leaves to the plain loop."""
+    limit = packing_limit(adapter.model)
+    flags = [_branchable(d, limit) for d in docs]
+    return [i for i, f in enumerate(flags) if f], [i for i, f in enumerate(flags) if not f]
+
+
 def _batches(docs: Sequence[Doc], batch_size: int, max_tokens: int, device: torch.device, dtype: torch.dtype
              ) -> Iterator[tuple[list[int], Batch]]:
     """(indices, model inputs) of every batch: one-token documents as right-padded contexts, the others
     packed one row per document; each kind in length order, cut by `_doc_batches`."""
     for packed in (False, True):
         kind = [i for i, d in enumerate(docs) if is_multi_token(d) == packed]
-        lengths = [packed_length(docs[i]) if packed else len(docs[i].context) for i in kind]
-        for cut in _doc_batches(lengths, batch_size, max_tokens):
+        for cut in _doc_batches([packed_length(docs[i]) for i in kind], batch_size, max_tokens):
             idx = [kind[j] for j in cut]
-            chunk = [docs[i] for i in idx]
-            yield idx, packed_batch(chunk, device, dtype) if packed else single_token_batch(chunk, device)
+            yield idx, batch_of([docs[i] for i in idx], device, dtype)
 
 
 def _doc_batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[list[int]]:
@@ -480,21 +484,19 @@ def fast_map(
     for spec in specs:
         gate_value(spec.op, spec.value)  # only gate-expressible operations
         _check_site(adapter, spec.group, spec.layer, spec.units)
-    limit = packing_limit(adapter.model)
-    single = [i for i, d in enumerate(docs) if _branchable(d, limit)]
-    multi = [i for i, d in enumerate(docs) if not _branchable(d, limit)]
+    branched, looped = _split_branchable(adapter, docs)
     lls: list[list[np.ndarray]] = [[None] * len(docs) for _ in specs]  # type: ignore[list-item]
-    if single:
-        fast = _fast_branched(adapter, [docs[i] for i in single], specs, batch_size, max_batch_tokens, rebuild)
+    if branched:
+        fast = _fast_branched(adapter, [docs[i] for i in branched], specs, batch_size, max_batch_tokens, rebuild)
         for s in range(len(specs)):
-            for j, i in enumerate(single):
+            for j, i in enumerate(branched):
                 lls[s][i] = fast[s][j]
-    if multi:  # the plain loop: documents that are not plain multiple choice or do not pack
-        multi_docs = [docs[i] for i in multi]
+    if looped:  # the plain loop: documents that are not plain multiple choice or do not pack
+        looped_docs = [docs[i] for i in looped]
         for s, spec in enumerate(specs):
             with apply(adapter, [spec]):
-                ablated = score(adapter.model, multi_docs, batch_size)
-            for j, i in enumerate(multi):
+                ablated = score(adapter.model, looped_docs, batch_size)
+            for j, i in enumerate(looped):
                 lls[s][i] = ablated.lls[j]
     return list(zip(specs, _as_scores(docs, lls)))
 
@@ -526,29 +528,26 @@ def branched_scores(adapter: Adapter, docs: Sequence[Doc], variants: Sequence[Va
     docs = list(docs)
     param = next(adapter.model.parameters())
     lls: list[list[np.ndarray]] = [[None] * len(docs) for _ in variants]  # type: ignore[list-item]
-    limit = packing_limit(adapter.model)
-    single = [i for i, d in enumerate(docs) if _branchable(d, limit)]
-    multi = [i for i, d in enumerate(docs) if not _branchable(d, limit)]
+    branched, looped = _split_branchable(adapter, docs)
     trunk_tokens = max(1, max_batch_tokens // adapter.n_layers)
-    for idx, batch in _batches([docs[i] for i in single], batch_size, trunk_tokens, param.device, param.dtype):
+    for idx, batch in _batches([docs[i] for i in branched], batch_size, trunk_tokens, param.device, param.dtype):
         trunk = _trunk(adapter, batch, ())
         tiler = _Tiler(len(idx), 1)
-        packed = batch.position_ids is not None
         for v, (first, enter) in enumerate(variants):
             # a variant sees the contexts (resampling keys its donors on them), and hooks that must not
             # see the choices are told where each packed row's context ends
             with enter(batch.context_ids, batch.context_mask), \
-                    context_lengths(batch.context_lengths) if packed else nullcontext():
+                    context_lengths(batch.context_lengths) if batch.packed else nullcontext():
                 hidden = _run_blocks(adapter, trunk, first, trunk.block_in(first), tiler, batch.readout)
                 [per_doc] = _read(adapter, hidden, batch.readout, 1)
             for j, ll in zip(idx, per_doc):
-                lls[v][single[j]] = ll
-    if multi:
-        multi_docs = [docs[i] for i in multi]
-        ids, mask = single_token_batch(multi_docs[:1], param.device).model_inputs().values()
+                lls[v][branched[j]] = ll
+    if looped:
+        looped_docs = [docs[i] for i in looped]
+        ids, mask = single_token_batch(looped_docs[:1], param.device).model_inputs().values()
         for v, (_, enter) in enumerate(variants):
             with enter(ids, mask):  # placeholders: the loop's own forward picks rows per batch
-                loop = score(adapter.model, multi_docs, batch_size)
-            for j, i in enumerate(multi):
+                loop = score(adapter.model, looped_docs, batch_size)
+            for j, i in enumerate(looped):
                 lls[v][i] = loop.lls[j]
     return _as_scores(docs, lls)

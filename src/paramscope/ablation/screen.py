@@ -35,7 +35,7 @@ from torch import Tensor
 from paramscope.ablation.engine import gate_value
 from paramscope.ablation.interventions import GROUPS, Site, UnitSpec, gated, n_units
 from paramscope.ablation.units import unit_specs
-from paramscope.evaluation.packing import packed_batch, packed_length, packing_limit, single_token_batch
+from paramscope.evaluation.packing import batch_of, packed_length, packing_limit
 from paramscope.evaluation.requests import Doc
 from paramscope.models.adapters import Adapter
 
@@ -47,14 +47,15 @@ def _log_probs(model, hidden: Tensor) -> Tensor:
     return F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
 
 
-def _single_token_lls(model, docs: Sequence[Doc]) -> list[Tensor]:
-    """Choice log-likelihoods (with gradients) when every choice is one token: one padded forward."""
-    dev = next(model.parameters()).device
-    batch = single_token_batch(docs, dev)
+def _batch_lls(model, docs: Sequence[Doc]) -> list[Tensor]:
+    """Choice log-likelihoods (with gradients) of documents of one kind in one forward, as the scorer
+    batches them: one-token choices at the last context position, multi-token ones packed
+    (`evaluation.packing`)."""
+    param = next(model.parameters())
+    batch = batch_of(docs, param.device, param.dtype)
     hidden = model.base_model(**batch.model_inputs(), use_cache=False).last_hidden_state
-    last = hidden[batch.readout.rows, batch.readout.positions]
-    logp = _log_probs(model, last)
-    return [logp[row, torch.tensor([c[0] for c in d.choices], device=dev)] for row, d in enumerate(docs)]
+    sums = batch.readout.choice_sums(_log_probs(model, hidden[batch.readout.rows, batch.readout.positions]))
+    return [sums[row, : len(d.choices)] for row, d in enumerate(docs)]
 
 
 def _choice_contexts(doc: Doc) -> tuple[tuple[int, ...], ...]:
@@ -89,15 +90,6 @@ def _doc_metric(lls: Tensor, gold: int, metric: str) -> Tensor:
     return lls[gold] - torch.logsumexp(lls, dim=0)
 
 
-def _packed_lls(model, docs: Sequence[Doc]) -> list[Tensor]:
-    """Choice log-likelihoods (with gradients) of documents packed one row each (`evaluation.packing`)."""
-    param = next(model.parameters())
-    batch = packed_batch(docs, param.device, param.dtype)
-    hidden = model.base_model(**batch.model_inputs(), use_cache=False).last_hidden_state
-    sums = batch.readout.choice_sums(_log_probs(model, hidden[batch.readout.rows, batch.readout.positions]))
-    return [sums[row, : len(d.choices)] for row, d in enumerate(docs)]
-
-
 def _metric_sums(model, docs: Sequence[Doc], metric: str, batch_size: int) -> Iterator[Tensor]:
     """The metric summed over each batch of documents: one-token choices batched at the last context
     position, multi-token choices packed one row per document and batched, the rest (one context per
@@ -113,11 +105,11 @@ def _metric_sums(model, docs: Sequence[Doc], metric: str, batch_size: int) -> It
     def packed(d: Doc) -> bool:
         return shared(d) and not single(d) and (limit is None or packed_length(d) <= limit)
 
-    for kind, lls_of, length in ((single, _single_token_lls, lambda d: len(d.context)), (packed, _packed_lls, packed_length)):
-        chosen = sorted((d for d in docs if kind(d)), key=length)
+    for kind in (single, packed):
+        chosen = sorted((d for d in docs if kind(d)), key=packed_length)
         for start in range(0, len(chosen), batch_size):
             batch = chosen[start : start + batch_size]
-            yield torch.stack([_doc_metric(ll, d.gold, metric) for ll, d in zip(lls_of(model, batch), batch)]).sum()
+            yield torch.stack([_doc_metric(ll, d.gold, metric) for ll, d in zip(_batch_lls(model, batch), batch)]).sum()
     for d in docs:
         if not single(d) and not packed(d):
             yield _doc_metric(_full_sequence_lls(model, d), d.gold, metric)

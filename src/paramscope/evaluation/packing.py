@@ -50,7 +50,7 @@ class Readout:
         """The same reads for `n` stacked copies of the batch (row v*B + b is copy v of row b)."""
         if n == 1:
             return self
-        b, r, k, width = self.batch, len(self.rows), len(self.target_read), max(self.n_choices)
+        b, r, width = self.batch, len(self.rows), max(self.n_choices)
         copies = torch.arange(n, device=self.rows.device)
         return Readout(
             rows=(self.rows + b * copies[:, None]).flatten(),
@@ -87,6 +87,7 @@ def is_multi_token(doc: Doc) -> bool:
 
 
 def packed_length(doc: Doc) -> int:
+    """Tokens of the document's row: its context alone when every choice is one token."""
     return len(doc.context) + sum(len(c) - 1 for c in doc.choices)
 
 
@@ -114,6 +115,10 @@ class Batch:
     context_lengths: Tensor  # (B,) leading context positions of each row
     context_ids: Tensor  # (B, max context) right-padded contexts, for what keys on the context alone
     context_mask: Tensor
+
+    @property
+    def packed(self) -> bool:
+        return self.position_ids is not None
 
     def model_inputs(self) -> dict[str, Tensor]:
         inputs = {"input_ids": self.ids, "attention_mask": self.attention_mask}
@@ -187,6 +192,13 @@ def packed_batch(docs: Sequence[Doc], device: torch.device, dtype: torch.dtype) 
     return Batch(ids.to(device), mask.unsqueeze(1).to(device), positions.to(device), _to(readout, device),
                  torch.tensor([len(d.context) for d in docs], device=device), context_ids.to(device),
                  context_mask.to(device))
+
+
+def batch_of(docs: Sequence[Doc], device: torch.device, dtype: torch.dtype) -> Batch:
+    """The batch of documents of one kind: packed rows if they have multi-token choices, else contexts."""
+    if is_multi_token(docs[0]):
+        return packed_batch(docs, device, dtype)
+    return single_token_batch(docs, device)
 
 
 def _to(readout: Readout, device: torch.device) -> Readout:

@@ -18,13 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from paramscope.evaluation.kv_cache import cache_argument, output_cache
-from paramscope.evaluation.packing import (
-    log_probs_at,
-    packed_batch,
-    packed_length,
-    packing_limit,
-    single_token_batch,
-)
+from paramscope.evaluation.packing import batch_of, log_probs_at, packed_length, packing_limit
 from paramscope.evaluation.positions import context_lengths
 from paramscope.evaluation.requests import Doc
 
@@ -77,21 +71,18 @@ def _unembed_log_probs(model, hidden: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def _score_batched(model, docs: list[Doc], batch_size: int, packed: bool) -> list[np.ndarray]:
-    """Choice log-likelihoods of `docs` in batches of similar length: one-token choices read at the last
-    context position of right-padded contexts; multi-token choices packed one row per document
-    (`packing`), the context encoded once for all its choices."""
-    dev = _device(model)
-    dtype = next(model.parameters()).dtype
+def _score_batched(model, docs: list[Doc], batch_size: int) -> list[np.ndarray]:
+    """Choice log-likelihoods of `docs` (all of one kind) in batches of similar length: one-token choices
+    read at the last context position of right-padded contexts; multi-token choices packed one row per
+    document (`packing`), the context encoded once for all its choices."""
+    param = next(model.parameters())
     out: list[np.ndarray] = [None] * len(docs)  # type: ignore[list-item]
-    length = packed_length if packed else (lambda d: len(d.context))
-    order = sorted(range(len(docs)), key=lambda i: length(docs[i]))
+    order = sorted(range(len(docs)), key=lambda i: packed_length(docs[i]))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        chunk = [docs[i] for i in idx]
-        batch = packed_batch(chunk, dev, dtype) if packed else single_token_batch(chunk, dev)
+        batch = batch_of([docs[i] for i in idx], param.device, param.dtype)
         # Packed rows hold choice tokens after the context: hooks that must see the context alone are told where it ends.
-        with context_lengths(batch.context_lengths) if packed else nullcontext():
+        with context_lengths(batch.context_lengths) if batch.packed else nullcontext():
             hidden = model.base_model(**batch.model_inputs(), use_cache=False).last_hidden_state
         logp = log_probs_at(nn.Identity(), model.get_output_embeddings(), hidden, batch.readout)
         for i, ll in zip(idx, batch.readout.per_doc(batch.readout.log_likelihoods(logp))):
@@ -161,13 +152,13 @@ def score(model, docs: list[Doc] | tuple[Doc, ...], batch_size: int = 64, share_
     multi = sorted(set(range(len(docs))) - set(single))
     lls: list[np.ndarray] = [None] * len(docs)  # type: ignore[list-item]
     if single:
-        for i, ll in zip(single, _score_batched(model, [docs[i] for i in single], batch_size, packed=False)):
+        for i, ll in zip(single, _score_batched(model, [docs[i] for i in single], batch_size)):
             lls[i] = ll
     if share_context:
         limit = packing_limit(model)
         packable = [i for i in multi if limit is None or packed_length(docs[i]) <= limit]
         if packable:
-            for i, ll in zip(packable, _score_batched(model, [docs[i] for i in packable], batch_size, packed=True)):
+            for i, ll in zip(packable, _score_batched(model, [docs[i] for i in packable], batch_size)):
                 lls[i] = ll
         for i in sorted(set(multi) - set(packable)):
             lls[i] = _score_shared_context(model, docs[i])
