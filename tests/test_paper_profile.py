@@ -463,8 +463,8 @@ def _eval_cell(results: Path, model: str, task: str, split: str, doc_ids, correc
 
     row = {"model": model, "digest": "d", "task": task, "split": split, "n": len(doc_ids),
            "acc": float(np.mean(correct)), "acc_norm": float(np.mean(correct_norm)), "loss": float(-np.mean(gold_ll)),
-           "ex_doc_ids": [list(doc_ids)], "ex_correct": [list(correct)], "ex_correct_norm": [list(correct_norm)],
-           "ex_gold_ll": [list(gold_ll)]}
+           "ex_doc_ids": [list(doc_ids)], "ex_correct": [list(correct)], "ex_correct_plain": [list(correct)],
+           "ex_correct_norm": [list(correct_norm)], "ex_gold_ll": [list(gold_ll)]}
     write_cell(pd.DataFrame(row), cell_path("eval", cell_key(model=model, task=task, split=split), results))
 
 

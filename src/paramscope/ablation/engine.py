@@ -80,7 +80,7 @@ from paramscope.evaluation.packing import (
 )
 from paramscope.evaluation.positions import context_lengths
 from paramscope.evaluation.requests import Doc
-from paramscope.evaluation.scorer import Scores, score
+from paramscope.evaluation.scorer import Scores, docs_metric, score
 from paramscope.models.adapters import Adapter
 
 log = logging.getLogger(__name__)
@@ -505,7 +505,8 @@ def _as_scores(docs: Sequence[Doc], lls: list[list[np.ndarray]]) -> list[Scores]
     doc_ids = np.array([d.doc_id for d in docs])
     gold = np.array([d.gold for d in docs])
     chars = [np.array(d.choice_chars, dtype=np.float64) for d in docs]
-    return [Scores(doc_ids=doc_ids, lls=per_doc, gold=gold, choice_chars=chars) for per_doc in lls]
+    metric = docs_metric(docs)
+    return [Scores(doc_ids=doc_ids, lls=per_doc, gold=gold, choice_chars=chars, metric=metric) for per_doc in lls]
 
 
 # A variant of `branched_scores`: the first block it can change, and a context that applies it for one

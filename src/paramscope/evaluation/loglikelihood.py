@@ -19,7 +19,7 @@ import torch
 
 from paramscope.evaluation.positions import context_lengths
 from paramscope.evaluation.requests import Doc, encode_pair, instances_by_doc
-from paramscope.evaluation.scorer import Scores, _device, _hidden, _unembed_log_probs
+from paramscope.evaluation.scorer import Scores, _device, _hidden, _unembed_log_probs, docs_metric
 
 # HFLM's fallback when the model's config names no window
 DEFAULT_MAX_LENGTH = 2048
@@ -41,13 +41,18 @@ class ContinuationScores(Scores):
         return self.greedy.astype(np.int8)
 
     @property
+    def correct_acc(self) -> np.ndarray:
+        return self.correct
+
+    @property
     def correct_norm(self) -> np.ndarray:  # no normalised variant: one continuation per document
         return self.correct
 
     def summary(self) -> dict[str, float]:
         loss = float(-self.gold_ll.mean())
-        return {"n": len(self.gold), "acc": float(self.greedy.mean()), "acc_norm": float(self.greedy.mean()),
-                "loss": loss, "ppl": float(np.exp(loss))}
+        acc = float(self.greedy.mean())
+        return {"n": len(self.gold), "acc": acc, "acc_plain": acc, "acc_norm": acc, "loss": loss,
+                "ppl": float(np.exp(loss))}
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,7 @@ def score_multiple_input(model, docs: list[MultiContextDoc] | tuple[MultiContext
         lls=score_choice_sequences(model, [list(zip(d.contexts, d.choices)) for d in docs], batch_size),
         gold=np.array([d.gold for d in docs]),
         choice_chars=[np.array(d.choice_chars, dtype=np.float64) for d in docs],
+        metric=docs_metric(docs),
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -12,6 +12,11 @@ from paramscope.errors import StudyError
 from paramscope.evaluation.local_data import task_source
 
 log = logging.getLogger(__name__)
+
+
+# What a multiple-choice task can be reported on: the argmax of the choices' log-likelihoods, or of
+# their log-likelihoods per character (lm-eval's acc_norm).
+METRICS: tuple[str, ...] = ("acc", "acc_norm")
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,9 @@ class Doc:
     choices: tuple[tuple[int, ...], ...]
     choice_chars: tuple[int, ...]  # character lengths, for lm-eval's acc_norm
     gold: int
+    # The metric the task is reported on (`acc`, or `acc_norm` where the field reports that): it decides
+    # which choice counts as the model's answer. Keyword-only, so subclasses may add plain fields.
+    metric: str = field(default="acc", kw_only=True)
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,17 @@ from paramscope.store import cell_key, cell_path, write_cell
 
 log = logging.getLogger(__name__)
 
+# Part of every eval cell's key: bump it when rows change shape or meaning (2: `acc` and `ex_correct`
+# follow the task's metric; `metric`, `acc_plain` and `ex_correct_plain` added).
+ROW_SCHEMA = 2
+
 
 def example_columns(scores: Scores) -> dict[str, list]:
     """Per-document outcomes kept with each row, so later statistics can pair conditions."""
     return {
         "ex_doc_ids": [scores.doc_ids.tolist()],
-        "ex_correct": [scores.correct.tolist()],
+        "ex_correct": [scores.correct.tolist()],  # under the task's metric
+        "ex_correct_plain": [scores.correct_acc.tolist()],
         "ex_correct_norm": [scores.correct_norm.tolist()],
         "ex_gold_ll": [scores.gold_ll.tolist()],
     }
@@ -34,15 +39,17 @@ def evaluate_model(cfg: DictConfig, name: str, results: Path) -> int:
     written = 0
     for task in cfg.tasks:
         for split in cfg.splits:
-            key = cell_key(stage="eval", digest=digest, task=task, split=split, **split_definition(cfg))
+            key = cell_key(stage="eval", schema=ROW_SCHEMA, digest=digest, task=task, split=split,
+                           **split_definition(cfg))
             path = cell_path("eval", key, results)
             if path.exists():
                 continue
             docs = task_docs(cfg, task, split, tokenizer)
             scores = score(model, docs.docs, cfg.eval.batch_size)
-            row = {"model": name, "digest": digest, "task": task, "split": split, **scores.summary()}
+            row = {"model": name, "digest": digest, "task": task, "split": split, "metric": scores.metric,
+                   **scores.summary()}
             write_cell(pd.DataFrame({**{k: [v] for k, v in row.items()}, **example_columns(scores)}), path)
-            log.info("%s %s/%s acc=%.3f", name, task, split, row["acc"])
+            log.info("%s %s/%s %s=%.3f", name, task, split, scores.metric, row["acc"])
             written += 1
     return written
 

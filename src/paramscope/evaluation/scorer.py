@@ -10,7 +10,7 @@ The numbers equal HFLM's log-likelihoods; a test checks the accuracies are ident
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,9 +31,15 @@ class Scores:
     lls: list[np.ndarray]  # log-likelihood of each choice
     gold: np.ndarray
     choice_chars: list[np.ndarray]
+    metric: str = field(default="acc", kw_only=True)  # the task's metric (`Doc.metric`)
 
     @property
     def correct(self) -> np.ndarray:
+        """Per-document correctness under the task's metric: every delta, CI and choice builds on this."""
+        return self.correct_norm if self.metric == "acc_norm" else self.correct_acc
+
+    @property
+    def correct_acc(self) -> np.ndarray:
         return np.array([int(np.argmax(ll) == g) for ll, g in zip(self.lls, self.gold)], dtype=np.int8)
 
     @property
@@ -50,10 +56,19 @@ class Scores:
     def summary(self) -> dict[str, float]:
         return {
             "n": len(self.gold),
-            "acc": float(self.correct.mean()),
+            "acc": float(self.correct.mean()),  # under the task's metric
+            "acc_plain": float(self.correct_acc.mean()),
             "acc_norm": float(self.correct_norm.mean()),
             "loss": float(-self.gold_ll.mean()),
         }
+
+
+def docs_metric(docs: list[Doc] | tuple[Doc, ...]) -> str:
+    """The one metric a set of documents is scored on (documents of one task share it)."""
+    found = {d.metric for d in docs}
+    if len(found) > 1:
+        raise ValueError(f"documents of different metrics ({', '.join(sorted(found))}) cannot be scored together")
+    return found.pop() if found else "acc"
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -171,4 +186,5 @@ def score(model, docs: list[Doc] | tuple[Doc, ...], batch_size: int = 64, share_
         lls=lls,
         gold=np.array([d.gold for d in docs]),
         choice_chars=[np.array(d.choice_chars, dtype=np.float64) for d in docs],
+        metric=docs_metric(docs),
     )

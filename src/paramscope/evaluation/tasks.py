@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from paramscope.data.bigbench import lm_eval_name
+from paramscope.errors import check_choice
 from paramscope.evaluation.local_data import data_spec
-from paramscope.evaluation.requests import TaskDocs, build_docs
+from paramscope.evaluation.requests import METRICS, TaskDocs, build_docs
 
 
 def lm_eval_task(cfg: DictConfig, task: str) -> tuple[str, str | None]:
@@ -64,27 +66,39 @@ def _folder_state(folder: str | None) -> tuple:
 
 
 def _cached_docs(name: str, include: str | None, data: str | None, tokenizer, split: str, seed: int,
-                 frac: float) -> TaskDocs:
-    key = (name, include, data, _folder_state(include), tokenizer_fingerprint(tokenizer), split, seed, frac)
+                 frac: float, metric: str) -> TaskDocs:
+    key = (name, include, data, _folder_state(include), tokenizer_fingerprint(tokenizer), split, seed, frac, metric)
     if key not in _DOCS:
-        _DOCS[key] = build_docs(name, tokenizer, split, seed, frac, include, data=data)
+        built = build_docs(name, tokenizer, split, seed, frac, include, data=data)
+        _DOCS[key] = replace(built, docs=tuple(replace(d, metric=metric) for d in built.docs))
     return _DOCS[key]
+
+
+def task_metric(cfg: DictConfig, task: str) -> str:
+    """The metric a task is reported on: `task_metrics.<task>` in the profile (the field reports
+    arc_challenge and hellaswag on acc_norm), else plain accuracy."""
+    metric = str((cfg.get("task_metrics") or {}).get(task, "acc"))
+    check_choice(f"task_metrics.{task}", metric, METRICS)
+    return metric
 
 
 def dev_fraction(cfg: DictConfig) -> float:
     return float((cfg.get("suite") or {}).get("dev_fraction", cfg.get("dev_fraction", 0.5)))  # paper: suite null
 
 
-def split_definition(cfg: DictConfig) -> dict[str, float | int]:
-    """What decides which documents are dev and which are test. Every result cell's key carries it:
-    a changed split must never reuse cells (or dev choices) made on the old one."""
-    return {"split_seed": int(cfg.seed), "dev_fraction": dev_fraction(cfg)}
+def split_definition(cfg: DictConfig) -> dict[str, object]:
+    """What decides which documents are dev and which are test, and which metric scores each task. Every
+    result cell's key carries it: a changed split or metric must never reuse cells (or dev choices) made
+    under the old one. Tasks on plain accuracy add nothing, so their cells keep their keys."""
+    metrics = {str(t): str(m) for t, m in (cfg.get("task_metrics") or {}).items() if m != "acc"}
+    return {"split_seed": int(cfg.seed), "dev_fraction": dev_fraction(cfg), **({"task_metrics": metrics} if metrics else {})}
 
 
 def task_docs(cfg: DictConfig, task: str, split: str, tokenizer) -> TaskDocs:
     """The split's documents, built once per (task, split, tokenizer content) within a process."""
     name, include = lm_eval_task(cfg, task)
-    return _cached_docs(name, include, task_data(cfg, task), tokenizer, split, int(cfg.seed), dev_fraction(cfg))
+    return _cached_docs(name, include, task_data(cfg, task), tokenizer, split, int(cfg.seed), dev_fraction(cfg),
+                        task_metric(cfg, task))
 
 
 def atlas_tasks(cfg: DictConfig) -> list[str]:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from paramscope.evaluation.tasks import task_metric
 from paramscope.report import latex
 from paramscope.report.output import write_json, write_text
 from paramscope.store import load_results
@@ -25,7 +26,7 @@ from paramscope.store import load_results
 TOPIC = "Validation"
 ROUNDING = 0.05  # published numbers are given to one decimal
 PPL = "ppl"
-COLUMNS = {"acc": "ex_correct", "acc_norm": "ex_correct_norm"}
+COLUMNS = {"acc": "ex_correct_plain", "acc_norm": "ex_correct_norm"}
 
 
 def full_task(ev: pd.DataFrame, model: str, task: str) -> dict[str, np.ndarray] | None:
@@ -37,7 +38,7 @@ def full_task(ev: pd.DataFrame, model: str, task: str) -> dict[str, np.ndarray] 
     if len(np.unique(doc_ids)) != len(doc_ids):
         raise ValueError(f"{model}/{task}: splits overlap in documents; results/eval is inconsistent")
     return {col: np.concatenate([np.asarray(r, dtype=np.float64) for r in rows[col]])
-            for col in ("ex_correct", "ex_correct_norm", "ex_gold_ll")}
+            for col in (*COLUMNS.values(), "ex_gold_ll")}
 
 
 def accuracy(outcomes: np.ndarray) -> tuple[float, float]:
@@ -64,7 +65,7 @@ def comparison(cfg: DictConfig, ev: pd.DataFrame) -> pd.DataFrame:
         published = val.published.get(model) or {}
         for task in cfg.tasks:
             outcomes = full_task(ev, model, task)
-            wanted = [(overrides.get(model, {}).get(task, val.metrics.get(task, "acc")), task)]
+            wanted = [(overrides.get(model, {}).get(task, task_metric(cfg, task)), task)]
             if f"{task}_{PPL}" in published:
                 wanted.append((PPL, f"{task}_{PPL}"))
             for metric, key in wanted:
