@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -16,6 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from paramscope.errors import StudyError
+
+log = logging.getLogger(__name__)
 
 RESULTS_ROOT = Path(os.environ.get("PARAMSCOPE_RESULTS", "results"))
 STAGES = ("eval", "ablate", "transplant", "optimize", "structure", "vps")
@@ -29,6 +36,29 @@ def cell_key(**parts: object) -> str:
 
 def cell_path(stage: str, key: str, root: Path | None = None) -> Path:
     return (root or RESULTS_ROOT) / stage / f"{key}.parquet"
+
+
+def cell_done(path: Path) -> bool:
+    """Whether a grid cell is finished: its file exists and reads back as Parquet. A damaged one (cut
+    short, or not Parquet at all) is removed with a warning that names it, so the grid recomputes it
+    instead of trusting it."""
+    if not path.exists():
+        return False
+    try:
+        pq.read_metadata(path)  # the footer comes last: a file cut short has none
+        return True
+    except (pa.ArrowException, OSError) as err:
+        log.warning("damaged result cell %s (%s): recomputing it", path, str(err).splitlines()[0])
+        path.unlink(missing_ok=True)
+        return False
+
+
+def _read_cell(path: Path, stage: str) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except (pa.ArrowException, OSError) as err:
+        raise StudyError(f"damaged result cell {path} ({str(err).splitlines()[0]}); rerun the stage that "
+                         f"writes results/{stage} (dvc repro) to recompute it") from None
 
 
 def write_cell(df: pd.DataFrame, path: Path) -> None:
@@ -70,7 +100,7 @@ def load_results(stage: str, root: Path | str | None = None, with_examples: bool
     files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
     if not files:
         raise FileNotFoundError(f"no results in {folder}; run the '{stage}' stage first (dvc repro)")
-    df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    df = pd.concat([_read_cell(f, stage) for f in files], ignore_index=True)
     if not with_examples:
         df = df.drop(columns=[c for c in df.columns if c.startswith("ex_")])
     return df

@@ -17,7 +17,7 @@ from paramscope.evaluation.scorer import score
 from paramscope.evaluation.tasks import atlas_tasks, split_definition, task_docs
 from paramscope.models import zoo
 from paramscope.models.adapters import get_adapter
-from paramscope.store import cell_key, cell_path, write_cell
+from paramscope.store import cell_done, cell_key, cell_path, write_cell
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
                                         n_resamples=cfg.ablate.n_resamples, **spec)
                 path = cell_path("ablate", key, results)
                 planned.add(path)
-                if path.exists():
+                if cell_done(path):
                     counts["skipped"] += 1
                     continue
                 docs = capped(task_docs(cfg, task, split, tokenizer).docs, max_docs, cfg.seed)

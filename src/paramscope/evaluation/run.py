@@ -12,7 +12,7 @@ from tqdm import tqdm
 from paramscope.evaluation.scorer import Scores, score
 from paramscope.evaluation.tasks import split_definition, task_docs
 from paramscope.models import zoo
-from paramscope.store import cell_key, cell_path, write_cell
+from paramscope.store import cell_done, cell_key, cell_path, write_cell
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def evaluate_model(cfg: DictConfig, name: str, results: Path) -> int:
             key = cell_key(stage="eval", schema=ROW_SCHEMA, digest=digest, task=task, split=split,
                            **split_definition(cfg))
             path = cell_path("eval", key, results)
-            if path.exists():
+            if cell_done(path):
                 continue
             docs = task_docs(cfg, task, split, tokenizer)
             scores = score(model, docs.docs, cfg.eval.batch_size)

@@ -61,7 +61,7 @@ from paramscope.optimize.search import (
     search_profile,
     select_on_dev,
 )
-from paramscope.store import cell_key, cell_path, load_results, write_cell
+from paramscope.store import cell_done, cell_key, cell_path, load_results, write_cell
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class ModelJob:
         return df
 
     def _existing(self, path: Path) -> pd.DataFrame | None:
-        if path.exists():
+        if cell_done(path):
             self.counts["skipped"] += 1
             return pd.read_parquet(path)
         return None

@@ -34,7 +34,7 @@ from paramscope.evaluation.scorer import Scores, score
 from paramscope.evaluation.tasks import split_definition, task_docs
 from paramscope.models import zoo
 from paramscope.models.adapters import Adapter, get_adapter, weight_in_out
-from paramscope.store import cell_key, cell_path, write_cell
+from paramscope.store import cell_done, cell_key, cell_path, write_cell
 from paramscope.structure.anneal import (
     Annealing,
     Masks,
@@ -302,7 +302,7 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, float]:
         model, _ = zoo.load(name, Path(cfg.paths.models), device="cpu")
         step = "step0" if name in nulls else "trained"
         path = cell("weibull", digest=zoo.digest(model), step=step)
-        if path.exists():
+        if cell_done(path):
             counts["skipped"] += 1
             continue
         adapter = get_adapter(model)
@@ -319,7 +319,7 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, float]:
             "components": (cell("components", digest=study.digest, null=study.null_digest, **spec), study.component_rows),
         }
         for kind, (path, make) in jobs.items():
-            if path.exists():
+            if cell_done(path):
                 counts["skipped"] += 1
                 continue
             df = make()

@@ -34,7 +34,7 @@ from paramscope.stats import (
     bootstrap_recovery_ci,
     paired_bootstrap_ci,
 )
-from paramscope.store import cell_key, cell_path, write_cell
+from paramscope.store import cell_done, cell_key, cell_path, write_cell
 from paramscope.transplant.apply import export_transplant, transplanted
 from paramscope.transplant.modules import Module, module_registry
 from paramscope.transplant.select import (
@@ -334,7 +334,7 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
                 path = cell_path("transplant", key, results)
                 planned.add(path)
                 prefixes.add(prefix)
-                if path.exists():
+                if cell_done(path):
                     counts["skipped"] += 1
                     continue
                 _write(state, rows if rows is not None else transplants(state, size, split), alpha, split, key, path)

@@ -29,7 +29,7 @@ from paramscope.evaluation.scorer import Scores, score
 from paramscope.evaluation.tasks import split_definition, task_docs
 from paramscope.models import zoo
 from paramscope.models.adapters import get_adapter
-from paramscope.store import cell_key, cell_path, write_cell
+from paramscope.store import cell_done, cell_key, cell_path, write_cell
 from paramscope.vps.overhead import measure
 from paramscope.vps.policy import MODES
 from paramscope.vps.selection import BUILDERS
@@ -122,7 +122,7 @@ class Job:
                        condition=condition, **spec)
         path = cell_path("vps", key, self.results)
         self.planned.add(path)
-        if path.exists():
+        if cell_done(path):
             self.counts["skipped"] += 1
             return pd.read_parquet(path)
         meta = {"model": self.name, "digest": self.digest, "task": task, "split": split, "condition": condition,
