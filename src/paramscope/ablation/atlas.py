@@ -38,6 +38,7 @@ from paramscope.ablation.interventions import (
     n_units,
     record,
 )
+from paramscope.ablation.neuron_groups import NEURON_GROUPINGS, cluster_specs
 from paramscope.ablation.resample import ResamplePool, token_key
 from paramscope.ablation.screen import attribution_screen
 from paramscope.ablation.units import unit_label, unit_name, unit_specs
@@ -54,7 +55,7 @@ from paramscope.evaluation.scorer import Scores
 from paramscope.models.adapters import Adapter
 from paramscope.stats import paired_bootstrap_ci, paired_delta_summary
 
-MAP_GROUPS = (*GROUPS, *WEIGHT_GROUPS)
+MAP_GROUPS = (*GROUPS, *NEURON_GROUPINGS, *WEIGHT_GROUPS)
 MAP_OPS = ("zero", "scale", "mean", "noise", "resample")
 STAT_OPS = ("mean", "noise", "resample")  # ops that need reference activations from dev documents
 
@@ -149,6 +150,7 @@ def ablation_map(
     reference: tuple[Doc, ...] | None = None,
     magnitude_bins: int = 10,
     exact_units: int | None = None,
+    single_neuron_units: int = 16,
 ) -> pd.DataFrame:
     """One row per unit: the model scored with that unit ablated, paired with ``clean``.
 
@@ -158,15 +160,26 @@ def ablation_map(
 
     ``reference`` (the task's dev documents) gives the statistics of ``mean`` and ``noise`` and the donors
     of ``resample``; ``seed`` also seeds the noise, the donor draw and the random controls. Weight groups use ``magnitude_bins`` bins.
+    The neuron groupings (`neuron_groups`) are zero maps chosen on ``reference``: single neurons screened
+    (``single_neuron_units`` top and as many random ones), clusters fitted there.
     """
     if group in WEIGHT_GROUPS:
         return _weight_map(adapter, docs, group, op, value, clean, n_resamples, seed, batch_size, magnitude_bins)
-    if group not in GROUPS or op not in MAP_OPS:
+    if group not in (*GROUPS, *NEURON_GROUPINGS) or op not in MAP_OPS:
         raise ValueError(f"unknown map {group}/{op}; groups: {', '.join(MAP_GROUPS)}; ops: {', '.join(MAP_OPS)}")
     rows = []
     screen = None
     checked: list[str] | None = None
-    if exact_units is not None and op == "zero" and group in SCREENED_GROUPS:
+    if group in NEURON_GROUPINGS:
+        if op != "zero" or reference is None:
+            raise ValueError(f"group '{group}' is a zero map chosen on reference documents (the task's dev split)")
+        if group == "single_neurons":
+            specs, checked = screened_specs(adapter, reference, "neurons", 1, single_neuron_units, seed, batch_size)
+        else:
+            specs = cluster_specs(reference_activations(adapter, reference, "neurons", batch_size), adapter.d_ffn,
+                                  neuron_block, seed)
+        results = fast_map(adapter, docs, "neurons", batch_size=batch_size, specs=specs)
+    elif exact_units is not None and op == "zero" and group in SCREENED_GROUPS:
         if reference is None:
             raise ValueError("a screened map needs reference documents (the task's dev split) to choose units on")
         specs, checked = screened_specs(adapter, reference, group, neuron_block, exact_units, seed, batch_size)
@@ -198,10 +211,10 @@ def ablation_map(
         specs = list(unit_specs(adapter, group, op, value, neuron_block))
         results = list(zip(specs, branched_scores(adapter, docs, [(s.layer, hook_variant(adapter, s)) for s in specs],
                                                   batch_size)))
-    if op == "zero" and group in SCREENED_GROUPS:
+    if op == "zero" and group in (*SCREENED_GROUPS, *NEURON_GROUPINGS):
         # The first-order screen, stored beside the exact map to be judged against it, never used for it.
-        screen = attribution_screen(adapter, docs, group, neuron_block, op, value, batch_size=batch_size,
-                                    specs=[spec for spec, _ in results])
+        screen = attribution_screen(adapter, docs, results[0][0].group, neuron_block, op, value,
+                                    batch_size=batch_size, specs=[spec for spec, _ in results])
     for k, (spec, ablated) in enumerate(results):
         rows.append(
             {
@@ -211,7 +224,8 @@ def ablation_map(
                 "n_units": max(1, len(spec.units)),
                 "op": op,
                 "value": float(value),
-                "unit_name": unit_name(spec),
+                "unit_name": (f"L{spec.layer} cluster of {len(spec.units)} neurons from {spec.units[0]}"
+                              if group == "neuron_clusters" else unit_name(spec)),
                 **paired_row(clean, ablated, n_resamples, seed),
                 # estimated change in mean gold log-likelihood; the exact one is -delta_loss
                 "screen_delta_gold_ll": float(screen[k]) if screen is not None else float("nan"),

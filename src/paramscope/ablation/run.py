@@ -10,6 +10,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from paramscope.ablation.atlas import MAP_GROUPS, MAP_OPS, SCREENED_GROUPS, STAT_OPS, ablation_map
+from paramscope.ablation.neuron_groups import NEURON_GROUPINGS
 from paramscope.ablation.pairs import PAIR_GROUPS, pair_map
 from paramscope.ablation.weights import WEIGHT_GROUPS, WEIGHT_OPS
 from paramscope.errors import StudyError, check_choice
@@ -79,6 +80,8 @@ def check_request(cfg: DictConfig) -> None:
         check_choice("ablate.pair_group", cfg.ablate.pair_group, PAIR_GROUPS)
         if cfg.op != "zero":
             raise StudyError(f"group 'pairs' is built from zero ablations; got op '{cfg.op}' (use op=zero)")
+    if cfg.group in NEURON_GROUPINGS and cfg.op != "zero":
+        raise StudyError(f"group '{cfg.group}' is chosen on dev for zero ablation; got op '{cfg.op}' (use op=zero)")
     if cfg.op in ("zero", "mean", "resample") and float(cfg.value) != 0.0:
         hint = f"; use op=scale value={cfg.value}" if cfg.op == "zero" else ""
         raise StudyError(f"op '{cfg.op}' takes no value (got {cfg.value}){hint}")
@@ -124,6 +127,11 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
                                 selected_on="dev")
                 if cfg.op in STAT_OPS:
                     spec["reference"] = "dev/last-context-position"
+                if cfg.group == "single_neurons":
+                    spec.update(single_neuron_units=int(cfg.ablate.single_neuron_units), selected_on="dev")
+                if cfg.group == "neuron_clusters":
+                    spec.update(clustering="k-means of standardised dev activations, last context position",
+                                selected_on="dev")
                 if max_docs is not None:  # only where set, so that uncapped cells keep their keys
                     spec["max_docs"] = max_docs
                 screened = exact_units is not None and cfg.op == "zero" and cfg.group in SCREENED_GROUPS
@@ -140,14 +148,14 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
                 docs = capped(task_docs(cfg, task, split, tokenizer).docs, max_docs, cfg.seed)
                 clean = score(model, docs, cfg.eval.batch_size)
                 reference = (capped(task_docs(cfg, task, "dev", tokenizer).docs, max_docs, cfg.seed)
-                             if cfg.op in STAT_OPS or cfg.group == "pairs" or screened else None)
+                             if cfg.op in STAT_OPS or cfg.group in ("pairs", *NEURON_GROUPINGS) or screened else None)
                 if cfg.group == "pairs":
                     df = pair_map(adapter, reference, docs, clean, cfg.ablate.pair_group, int(cfg.ablate.pair_top_k),
                                   cfg.ablate.n_resamples, cfg.seed, cfg.eval.batch_size, cfg.ablate.neuron_block)
                 else:
                     df = ablation_map(adapter, docs, cfg.group, cfg.op, value, clean, cfg.ablate.n_resamples,
                                       cfg.seed, cfg.eval.batch_size, cfg.ablate.neuron_block, reference, bins,
-                                      exact_units if screened else None)
+                                      exact_units if screened else None, int(cfg.ablate.single_neuron_units))
                 meta = {"model": name, "digest": digest, "task": task, "split": split, "cell": key,
                         **split_definition(cfg)}
                 write_cell(pd.concat([pd.DataFrame([meta] * len(df)), df], axis=1), path)

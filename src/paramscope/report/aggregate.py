@@ -44,7 +44,7 @@ from paramscope.store import atomic_dir, load_results
 
 log = logging.getLogger(__name__)
 
-GROUP_ORDER = ("heads", "neurons", "attn", "mlp", "layers")
+GROUP_ORDER = ("heads", "neurons", "single_neurons", "neuron_clusters", "attn", "mlp", "layers")
 UNIT_GROUPS = ("heads", "neurons")  # many units per layer: heatmaps, top-k tables, Spearman of maps
 SITE_GROUPS = ("attn", "mlp", "layers")  # one unit per layer: layer profiles
 MAP_KEYS = ["model", "task", "split", "group", "op", "value"]
@@ -287,8 +287,10 @@ def unit_name(group: str, layer: int, unit: int, n_units: int = 1) -> str:
     """How a unit is written in tables: L2H1, L0N64-127 (a neuron block), L3 attn, layer 3."""
     if group == "heads":
         return f"L{layer}H{unit}"
-    if group == "neurons":
+    if group in ("neurons", "single_neurons"):
         return f"L{layer}N{unit}" if n_units <= 1 else f"L{layer}N{unit}-{unit + n_units - 1}"
+    if group == "neuron_clusters":  # a cluster is named by its first neuron (clusters partition a layer)
+        return f"L{layer}C{unit} ({n_units} neurons)"
     if group == "layers":
         return f"layer {layer}"
     return f"L{layer} {'MLP' if group == 'mlp' else group}"
