@@ -17,7 +17,8 @@ skipped.
 
 Donors are keyed on the context alone: for multi-token choices packed after their context
 (`evaluation.packing`, which declares each row's context length) only the context tokens count, so
-every choice of a document sees the same donor, packed or scored as a sequence of its own. Where the
+every choice of a document sees the same donor, packed or scored as a sequence of its own (a
+multiple-input document, one context per choice, draws one donor per context). Where the
 scorer runs the context once and the choices against its cache (GPT-Neo documents too long to pack),
 the first forward holds the context without its last token, which keys the donor there; the cached
 forward reuses that donor. It is still fixed by the document's tokens alone.
