@@ -24,9 +24,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
-from paramscope.ablation.atlas import hook_variant, resample_pool, site_stats, weight_variant
+from paramscope.ablation.atlas import hook_variant, weight_variant
 from paramscope.ablation.engine import branched_scores
 from paramscope.ablation.interventions import apply
+from paramscope.ablation.reference import resample_pool, site_stats
 from paramscope.ablation.units import unit_specs
 from paramscope.ablation.weights import edited, first_layer, weight_units
 from paramscope.evaluation.requests import Doc

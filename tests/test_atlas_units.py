@@ -27,7 +27,7 @@ from paramscope.ablation.weights import (
 )
 from paramscope.evaluation.requests import Doc
 from paramscope.evaluation.scorer import score
-from paramscope.models.adapters import get_adapter, weight_in_out
+from paramscope.models.adapters import get_adapter
 from paramscope.models.random_models import tiny_random_model
 
 ATOL = 1e-5
@@ -152,49 +152,89 @@ def test_random_controls_match_bin_sizes_and_are_seeded(setup):
         assert any(n not in o.entries or not torch.equal(c.entries[n], o.entries[n]) for n in c.entries)
 
 
-def test_head_mean_equals_replacing_the_slice_with_the_recorded_mean(setup):
-    adapter, ids = setup
-    gen = torch.Generator().manual_seed(1)
-    docs = tuple(Doc(i, tuple(torch.randint(0, 64, (int(n),), generator=gen).tolist()), ((1,), (2,)), (1, 1), 0)
-                 for i, n in enumerate(torch.randint(3, 10, (8,), generator=gen)))
-    means, stds = site_stats(adapter, docs, "heads", batch_size=3)
-    # manual: each document alone, last position of the attention output projection's input
-    layer, head, d = 1, 2, adapter.d_head
+def site_inputs(adapter, layer: int, run) -> list[torch.Tensor]:
+    """Every input the attention output projection of `layer` gets while `run()` runs: the head site,
+    after any intervention's hook (those are prepended, so they run first)."""
     seen = []
-    handle = adapter.attn_out_proj(layer).register_forward_pre_hook(lambda m, a: seen.append(a[0][0, -1]))
+    handle = adapter.attn_out_proj(layer).register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().clone()))
     try:
-        for doc in docs:
-            logits(adapter.model, torch.tensor([doc.context]))
+        run()
     finally:
         handle.remove()
-    manual = torch.stack(seen)
-    assert torch.allclose(means[("heads", layer)], manual.mean(0), atol=1e-5)
-    assert torch.allclose(stds[("heads", layer)], manual.std(0, correction=0), atol=1e-5)
-    clean = logits(adapter.model, ids)
-    with apply(adapter, [UnitSpec("heads", layer, (head,), "mean")], means=means):
-        hooked = logits(adapter.model, ids)
-    mean = means[("heads", layer)][head * d:(head + 1) * d]
+    return seen
 
-    def replace(module, args):
-        x = args[0].clone()
-        x[..., head * d:(head + 1) * d] = mean
-        return (x, *args[1:])
 
-    handle = adapter.attn_out_proj(layer).register_forward_pre_hook(replace)
-    try:
-        reference = logits(adapter.model, ids)
-    finally:
-        handle.remove()
-    assert torch.allclose(hooked, reference, atol=ATOL)
-    # the same through weights: the head's columns zeroed and W[:, slice] @ mean folded into the bias
-    copy = get_adapter(deepcopy(adapter.model))
-    with torch.no_grad():
-        proj = copy.attn_out_proj(layer)
-        w = weight_in_out(proj)
-        proj.bias += w[:, head * d:(head + 1) * d] @ mean
-        w[:, head * d:(head + 1) * d] = 0
-    assert torch.allclose(hooked, logits(copy.model, ids), atol=ATOL)
-    assert (hooked - clean).abs().max() > 1e-3
+def alone(adapter, layer: int, tokens) -> torch.Tensor:
+    """(len(tokens), site width): the head site of one sequence run alone, unpadded."""
+    [acts] = site_inputs(adapter, layer, lambda: logits(adapter.model, torch.tensor([list(tokens)])))
+    return acts[0]
+
+
+def docs_of_lengths(lengths, seed: int) -> tuple[Doc, ...]:
+    gen = torch.Generator().manual_seed(seed)
+    return tuple(Doc(i, tuple(torch.randint(0, 64, (n,), generator=gen).tolist()), ((1,), (2,)), (1, 1), 0)
+                 for i, n in enumerate(lengths))
+
+
+def written(adapter, layer: int, docs, context) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The head site under `context()`: each doc's context run alone, and all of them in one right-padded batch."""
+    ids = torch.zeros(len(docs), max(len(d.context) for d in docs), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, d in enumerate(docs):
+        ids[row, : len(d.context)], mask[row, : len(d.context)] = torch.tensor(d.context), 1
+    with context():
+        singles = [site_inputs(adapter, layer, lambda d=d: logits(adapter.model, torch.tensor([d.context])))[0][0]
+                   for d in docs]
+        with torch.no_grad():
+            [batched] = site_inputs(adapter, layer, lambda: adapter.model(input_ids=ids, attention_mask=mask))
+    return singles, batched
+
+
+def test_mean_writes_the_dev_mean_at_each_end_aligned_position(setup):
+    """Position k before the last context token takes the mean over dev documents at k before their last
+    context token (over those whose context reaches back that far), not the last position's mean; a
+    position beyond every dev context takes the farthest one. The same alone and in a padded batch, and
+    the other heads keep their own activations."""
+    adapter, _ = setup
+    layer, head, d = 1, 2, adapter.d_head
+    dev = docs_of_lengths([3, 5, 6, 8, 4, 7, 3, 8], seed=1)
+    means, stds = site_stats(adapter, dev, "heads", batch_size=3)
+    clean = [alone(adapter, layer, doc.context) for doc in dev]
+    longest = max(len(doc.context) for doc in dev)
+    by_offset = torch.stack([torch.stack([a[-1 - k] for a in clean if len(a) > k]).mean(0) for k in range(longest)])
+    assert (by_offset[1:] - by_offset[0]).abs().max() > 1e-2  # earlier positions differ from the last one
+    # noise still matches each dimension's spread at the last context position
+    assert torch.allclose(stds[("heads", layer)], torch.stack([a[-1] for a in clean]).std(0, correction=0), atol=ATOL)
+    recipients = docs_of_lengths([2, 6, 11], seed=2)  # 11 tokens: longer than every dev context
+    cut = slice(head * d, (head + 1) * d)
+    singles, batched = written(adapter, layer, recipients,
+                               lambda: apply(adapter, [UnitSpec("heads", layer, (head,), "mean")], means=means))
+    for row, (doc, single) in enumerate(zip(recipients, singles)):
+        n = len(doc.context)
+        expected = by_offset[torch.arange(n - 1, -1, -1).clamp(max=longest - 1)]  # position t: offset n - 1 - t
+        assert torch.allclose(single[:, cut], expected[:, cut], atol=ATOL)
+        assert torch.allclose(batched[row, :n, cut], expected[:, cut], atol=ATOL)
+        own = alone(adapter, layer, doc.context)
+        assert torch.allclose(single[:, : head * d], own[:, : head * d], atol=ATOL)
+        assert torch.allclose(single[:, (head + 1) * d:], own[:, (head + 1) * d:], atol=ATOL)
+
+
+def test_resample_writes_the_donors_own_activation_at_each_end_aligned_position(setup):
+    """With one donor longer than every example, each example's last n positions take the donor's last n
+    activations, position by position, alone and in a padded batch."""
+    adapter, _ = setup
+    layer, head, d = 1, 2, adapter.d_head
+    [donor] = docs_of_lengths([9], seed=3)
+    pool = resample_pool(adapter, (donor,), "heads", seed=0)
+    own = alone(adapter, layer, donor.context)
+    recipients = docs_of_lengths([2, 5, 9], seed=4)
+    cut = slice(head * d, (head + 1) * d)
+    singles, batched = written(adapter, layer, recipients,
+                               lambda: apply(adapter, [UnitSpec("heads", layer, (head,), "resample")], pool=pool))
+    for row, (doc, single) in enumerate(zip(recipients, singles)):
+        n = len(doc.context)
+        assert torch.allclose(single[:, cut], own[-n:, cut], atol=ATOL)
+        assert torch.allclose(batched[row, :n, cut], own[-n:, cut], atol=ATOL)
 
 
 def test_map_lists():
@@ -208,8 +248,8 @@ def random_docs(n: int, seed: int) -> tuple[Doc, ...]:
                  for i, k in enumerate(torch.randint(3, 10, (n,), generator=gen)))
 
 
-def test_resample_puts_the_donors_activation_everywhere(setup):
-    """With one reference doc, resample is the `mean` op with that doc's activation as the mean."""
+def test_with_one_reference_doc_resample_and_mean_write_the_same(setup):
+    """One reference doc is both the only donor and its own mean, position by position."""
     adapter, ids = setup
     [reference] = random_docs(1, seed=3)
     pool = resample_pool(adapter, (reference,), "heads", seed=0)
@@ -217,30 +257,98 @@ def test_resample_puts_the_donors_activation_everywhere(setup):
     spec = UnitSpec("heads", 1, (2,), "resample")
     with apply(adapter, [spec], pool=pool):
         resampled = logits(adapter.model, ids)
-    assert pool.rows is None  # the per-forward donor choice does not outlive the context
     with apply(adapter, [UnitSpec("heads", 1, (2,), "mean")], means=means):
         assert torch.allclose(resampled, logits(adapter.model, ids), atol=ATOL)
     assert (resampled - logits(adapter.model, ids)).abs().max() > 1e-3
 
 
-def test_resample_donors_do_not_depend_on_batching_and_skip_the_example_itself(setup):
+def test_resample_donors_reach_back_as_far_as_the_example_and_skip_the_example_itself(setup):
+    """Each example's donor has a context at least as long (the longest ones for an example longer than
+    all), is never the example itself, and is what the example's positions get, in any batch."""
+    adapter, _ = setup
+    layer, head, d = 1, 1, adapter.d_head
+    dev = docs_of_lengths([3, 4, 5, 6, 7, 8, 9, 3, 4, 5, 6, 7, 4, 5], seed=5)
+    pool = resample_pool(adapter, dev, "heads", seed=0)
+    longest = max(len(doc.context) for doc in dev)
+    recipients = (*dev[:4], *docs_of_lengths([2, 6, 12], seed=6))
+    donors = [pool.donor(token_key(doc.context), len(doc.context)) for doc in recipients]
+    for doc, donor in zip(recipients, donors):
+        assert len(dev[donor].context) >= min(len(doc.context), longest)
+        assert dev[donor].context != doc.context
+    assert len(set(donors)) > 3  # spread over the pool, not one fixed donor
+    cut = slice(head * d, (head + 1) * d)
+    singles, batched = written(adapter, layer, recipients,
+                               lambda: apply(adapter, [UnitSpec("heads", layer, (head,), "resample")], pool=pool))
+    for row, (doc, donor, single) in enumerate(zip(recipients, donors, singles)):
+        own = alone(adapter, layer, dev[donor].context)
+        n, m = len(doc.context), len(own)
+        expected = own[(m - n + torch.arange(n)).clamp(min=0)]  # before the donor's first token: its first
+        assert torch.allclose(single[:, cut], expected[:, cut], atol=ATOL)
+        assert torch.allclose(batched[row, :n, cut], expected[:, cut], atol=ATOL)
+
+
+def test_resample_results_do_not_depend_on_batching_or_the_seed_alone(setup):
     adapter, _ = setup
     docs = random_docs(12, seed=4)
     pool = resample_pool(adapter, docs, "neurons", seed=7)
-    for doc in docs:  # every pool doc draws a donor other than itself
-        assert pool.keys[pool.donor(token_key(doc.context))] != token_key(doc.context)
-    donors = {pool.donor(token_key(d.context)) for d in docs}
-    assert len(donors) > 3  # spread over the pool, not one fixed donor
     spec = UnitSpec("neurons", 0, tuple(range(adapter.d_ffn)), "resample")
     with apply(adapter, [spec], pool=pool):
         one_by_one = score(adapter.model, docs, batch_size=1)
         batched = score(adapter.model, docs, batch_size=5)
     clean = score(adapter.model, docs, batch_size=5)
-    for a, b, c in zip(one_by_one.lls, batched.lls, clean.lls):
+    for a, b in zip(one_by_one.lls, batched.lls):
         assert np.allclose(a, b, atol=1e-5)
     assert max(np.abs(a - c).max() for a, c in zip(batched.lls, clean.lls)) > 1e-3
     other = resample_pool(adapter, docs, "neurons", seed=8)  # the seed changes the draw
-    assert [other.donor(token_key(d.context)) for d in docs] != [pool.donor(token_key(d.context)) for d in docs]
+    keys = [(token_key(d.context), len(d.context)) for d in docs]
+    assert [other.donor(*k) for k in keys] != [pool.donor(*k) for k in keys]
+
+
+# Multi-token choices: a reference whose gold answer is three tokens (two of them inputs), and an example
+# whose packed row holds a three-token and a one-token choice after its context.
+GOLD_LONG = Doc(0, (5, 9, 14, 3, 8, 2), ((7, 8, 10), (11,)), (3, 1), 0)
+PACKED = Doc(1, (4, 4, 8, 1), ((1, 2, 3, 5), (6, 6), (12,)), (4, 2, 1), 1)
+
+
+def test_choice_tokens_take_the_gold_continuation_at_the_same_place(setup):
+    """In a packed row, the j-th input token of every choice takes the reference's j-th gold continuation
+    input token (its last one beyond it), and the context positions the reference's context, end-aligned."""
+    adapter, _ = setup
+    layer, head, d = 1, 3, adapter.d_head
+    own = alone(adapter, layer, GOLD_LONG.context + (7, 8))  # 6 context tokens, then 2 continuation inputs
+    # packed row: context at 0..3 (offsets 3..0), choice 0's inputs (1, 2, 3), choice 1's (6,), choice 2 none
+    expected = own[[2, 3, 4, 5, 6, 7, 7, 6]]
+    cut = slice(head * d, (head + 1) * d)
+    pool = resample_pool(adapter, (GOLD_LONG,), "heads", seed=0)
+    means, _ = site_stats(adapter, (GOLD_LONG,), "heads")
+    for spec, kw in ((UnitSpec("heads", layer, (head,), "resample"), {"pool": pool}),
+                     (UnitSpec("heads", layer, (head,), "mean"), {"means": means})):
+        with apply(adapter, [spec], **kw):
+            [packed] = site_inputs(adapter, layer, lambda: score(adapter.model, [PACKED], 1))
+        assert packed.shape[1] == len(expected)
+        assert torch.allclose(packed[0, :, cut], expected[:, cut], atol=ATOL)
+
+
+def test_mean_and_resample_do_not_depend_on_how_choices_are_laid_out(setup):
+    """A packed row, one sequence per choice, and (mean) the context cached once: every position sits at
+    the same end-aligned place in each, so the log-likelihoods agree."""
+    from paramscope.evaluation.scorer import _score_shared_context
+
+    adapter, _ = setup
+    reference = (GOLD_LONG, *random_docs(6, seed=9))
+    means, _ = site_stats(adapter, reference, "mlp")
+    pool = resample_pool(adapter, reference, "mlp", seed=1)
+    clean = score(adapter.model, [PACKED], 1).lls[0]
+    for spec, kw in ((UnitSpec("mlp", 0, (), "mean"), {"means": means}),
+                     (UnitSpec("mlp", 0, (), "resample"), {"pool": pool})):
+        with apply(adapter, [spec], **kw):
+            packed = score(adapter.model, [PACKED], 1).lls[0]
+            separate = score(adapter.model, [PACKED], 1, share_context=False).lls[0]
+            cached = _score_shared_context(adapter.model, PACKED)
+        assert np.abs(packed - clean).max() > 1e-3
+        np.testing.assert_allclose(separate, packed, rtol=0, atol=1e-5)
+        if spec.op == "mean":  # the cached path keys a donor on the context it runs first, without its last token
+            np.testing.assert_allclose(cached, packed, rtol=0, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -159,45 +159,45 @@ def test_a_block_that_does_not_add_up_falls_back_to_re_running_it(docs, monkeypa
 # ------------------------------------------------------------------ branched scores (any intervention)
 
 def _variants_and_loops(adapter, found, scored):
-    """Weight edits and statistic-based hooks (statistics from `found`), each as a branched variant and
-    as the loop scores `scored` under it."""
-    from contextlib import contextmanager
-
+    """Weight edits and statistic-based hooks (statistics from `found` and the multi-token documents, so
+    that choice tokens have gold-continuation positions to take), each as a branched variant and as the
+    loop scores `scored` under it. Mean and resample sit where the engine runs the last block's MLP at
+    the read positions only, too."""
     import torch
 
-    from paramscope.ablation.atlas import resample_pool, site_stats
+    from paramscope.ablation.atlas import hook_variant
+    from paramscope.ablation.reference import resample_pool, site_stats
     from paramscope.ablation.weights import edited, first_layer, magnitude_units, matrix_units
 
-    means, _ = site_stats(adapter, found, "heads", BATCH)
-    pool = resample_pool(adapter, found, "neurons", seed=0, batch_size=BATCH)
+    reference = (*found, *MULTI)
+    last = adapter.n_layers - 1
+    means, _ = site_stats(adapter, reference, "heads", BATCH)
+    neuron_means, _ = site_stats(adapter, reference, "neurons", BATCH)
+    pool = resample_pool(adapter, reference, "neurons", seed=0, batch_size=BATCH)
+    mlp_pool = resample_pool(adapter, reference, "mlp", seed=3, batch_size=BATCH)
     matrices = list(matrix_units(adapter))
     weight_units = [matrices[len(matrices) // 2], matrices[-1], next(iter(magnitude_units(adapter, 4)))]
     hook_specs = [
         (UnitSpec("heads", 1, (0,), "mean"), {"means": means}),
-        (UnitSpec("heads", adapter.n_layers - 1, (1,), "noise", 0.5), {"seed": 7}),
+        (UnitSpec("neurons", last, tuple(range(16)), "mean"), {"means": neuron_means}),
+        (UnitSpec("heads", last, (1,), "noise", 0.5), {"seed": 7}),
         (UnitSpec("neurons", 0, tuple(range(16)), "resample"), {"pool": pool}),
+        (UnitSpec("neurons", last, tuple(range(8, 24)), "resample"), {"pool": pool}),
+        (UnitSpec("mlp", last, (), "resample"), {"pool": mlp_pool}),
     ]
 
-    def hooks(spec, seed=None, **kw):
-        @contextmanager
-        def enter(ids, mask):
-            gen = kw_gen.setdefault(id(spec), torch.Generator().manual_seed(seed)) if seed is not None else None
-            with apply(adapter, [spec], generator=gen, **kw):
-                if kw.get("pool") is not None:
-                    kw["pool"].choose_rows(ids, mask, cached=False)
-                yield
-        return enter
+    def generator(kw):  # one noise stream per spec, drawn on as the loop draws on it
+        return torch.Generator().manual_seed(kw["seed"]) if "seed" in kw else None
 
-    kw_gen: dict = {}
-    variants = [(first_layer(adapter, u), lambda ids, mask, u=u: edited(adapter, u, "zero")) for u in weight_units]
-    variants += [(spec.layer, hooks(spec, **kw)) for spec, kw in hook_specs]
+    variants = [(first_layer(adapter, u), lambda batch, u=u: edited(adapter, u, "zero")) for u in weight_units]
+    variants += [(spec.layer, hook_variant(adapter, spec, means=kw.get("means"), generator=generator(kw),
+                                           pool=kw.get("pool"))) for spec, kw in hook_specs]
     loops = []
     for u in weight_units:
         with edited(adapter, u, "zero"):
             loops.append(score(adapter.model, scored, BATCH))
     for spec, kw in hook_specs:
-        gen = torch.Generator().manual_seed(kw["seed"]) if "seed" in kw else None
-        with apply(adapter, [spec], generator=gen, means=kw.get("means"), pool=kw.get("pool")):
+        with apply(adapter, [spec], generator=generator(kw), means=kw.get("means"), pool=kw.get("pool")):
             loops.append(score(adapter.model, scored, BATCH))
     return variants, loops
 
@@ -231,4 +231,4 @@ def test_branched_scores_reject_a_first_block_outside_the_model(setup):
 
     adapter, found, _, _ = setup
     with pytest.raises(ValueError, match="first block"):
-        branched_scores(adapter, found, [(adapter.n_layers, lambda ids, mask: nullcontext())])
+        branched_scores(adapter, found, [(adapter.n_layers, lambda batch: nullcontext())])

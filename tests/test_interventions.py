@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from paramscope.ablation.alignment import AlignedActivations
 from paramscope.ablation.interventions import UnitSpec, apply, gated, record
 from paramscope.models.adapters import Adapter, get_adapter, weight_in_out
 from paramscope.models.random_models import FAMILIES, tiny_random_model
@@ -98,6 +99,7 @@ def test_neuron_zero_equals_zeroed_down_proj_columns(setup):
 
 
 def test_neuron_mean_equals_folding_the_mean_into_the_bias(setup):
+    """A mean that is the same at every position is a bias: the neurons' columns zeroed, W @ mean added."""
     adapter, ids, clean = setup
     units = [5, 9]
     with record(adapter, [("neurons", 1)]) as seen:
@@ -112,8 +114,13 @@ def test_neuron_mean_equals_folding_the_mean_into_the_bias(setup):
         w[:, units] = 0
 
     spec = UnitSpec("neurons", 1, tuple(units), "mean")
-    got = hooked(adapter, ids, spec, means={("neurons", 1): mean})
+    got = hooked(adapter, ids, spec, means=one_position(("neurons", 1), mean))
     assert_matches(got, logits(edited(adapter, fold), ids), clean)
+
+
+def one_position(site, mean: torch.Tensor) -> AlignedActivations:
+    """A mean reference of one context token: every position, at any offset, takes that one vector."""
+    return AlignedActivations({site: mean.unsqueeze(0)}, torch.tensor([1]), torch.tensor([1]))
 
 
 @pytest.mark.parametrize("group", ["attn", "mlp"])
@@ -240,7 +247,8 @@ def test_bad_sites_are_refused_and_leave_no_hook(setup):
         ([UnitSpec("heads", 0, (4,))], {}, r"heads units \[4\] out of range 0..3"),
         ([UnitSpec("mlp", 3)], {}, "layer 3 out of range"),
         ([UnitSpec("neurons", 0, (1,), "mean")], {}, "needs means"),
-        ([UnitSpec("attn", 0, op="mean")], {"means": {("attn", 0): torch.zeros(5)}}, r"expected \(32,\)"),
+        ([UnitSpec("attn", 0, op="mean")], {"means": one_position(("attn", 0), torch.zeros(5))}, "width 5; expected 32"),
+        ([UnitSpec("attn", 0, op="resample")], {}, "needs a pool"),
     ]:
         with pytest.raises(ValueError, match=message), apply(adapter, [UnitSpec("mlp", 0), *specs], **kwargs):
             pass

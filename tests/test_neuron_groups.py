@@ -5,7 +5,8 @@ import pytest
 from conftest import smoke_test_docs
 from omegaconf import OmegaConf
 
-from paramscope.ablation.atlas import ablation_map, reference_activations
+from paramscope.ablation.atlas import ablation_map
+from paramscope.ablation.reference import last_context_activations
 from paramscope.ablation.interventions import UnitSpec, apply
 from paramscope.ablation.neuron_groups import cluster_neurons, cluster_specs
 from paramscope.ablation.run import check_request
@@ -52,7 +53,7 @@ def test_cluster_map_partitions_each_layer_and_equals_the_loop(setup):
     # A cluster's row is the model scored with exactly those neurons zeroed.
     row = df.iloc[len(df) // 2]
     assert 1 < row.n_units < adapter.d_ffn  # a real cluster, not a whole layer: the test means something
-    specs = cluster_specs(reference_activations(adapter, dev, "neurons"), adapter.d_ffn, block, 0)
+    specs = cluster_specs(last_context_activations(adapter, dev, "neurons"), adapter.d_ffn, block, 0)
     spec = next(s for s in specs if s.layer == row.layer and s.units[0] == row.unit)
     with apply(adapter, [spec]):
         looped = score(adapter.model, test)

@@ -5,41 +5,35 @@ are the units. Statistics per row are paired against the clean model on the same
 
 Activation groups (heads, neurons, attn, mlp, layers) take every op: `zero` and `scale` run on the fast
 engine; `mean`, `noise` and `resample` under the intervention's hooks, with reference activations from
-the task's dev documents (`site_stats`, `resample_pool`; see `resample` for how each example's donor is
-drawn). Weight groups (matrix, magnitude, random; see `weights`) take `zero` and `scale`, with the
-weights edited reversibly. Both run through `engine.branched_scores`: blocks before the ablated one
-come from one clean forward per batch of documents, not one per unit.
+the task's dev documents (`reference`). Weight groups (matrix, magnitude, random; see `weights`) take
+`zero` and `scale`, with the weights edited reversibly. Both run through `engine.branched_scores`:
+blocks before the ablated one come from one clean forward per batch of documents, not one per unit.
 
-`mean`, `noise` and `resample` references are taken at the *last context position* of each dev document, not over
-all tokens: that position is the one whose output the scorer reads (it predicts every single-token
-choice, and the first token of multi-token ones), so the replacement is in-distribution exactly where
-it matters; an all-token mean would mix in early positions (little context, attention-sink tokens)
-whose activations differ systematically. `noise` adds Gaussian noise with std = value x the unit's
-matched std, sqrt(mean over the unit's dimensions of their variance across dev documents), so
-value=1 is noise as large as the unit's natural variation; it is seeded per unit (seed, unit order).
+`mean` and `resample` replace the unit at every position by a reference activation taken at the same
+position counted from the end of the context (`alignment`): the last context token gets a last context
+token's activation, earlier tokens the activation as far before the end, choice tokens the activation
+at the same place in a gold continuation. A single last-position statistic written everywhere would
+put, at every earlier position, an activation that later layers never see there. `noise` adds Gaussian
+noise with std = value x the unit's matched std, sqrt(mean over the unit's dimensions of their
+variance across dev documents at the last context position, the one the scorer reads), so value=1 is
+noise as large as the unit's natural variation; it is seeded per unit (seed, unit order).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 
+from paramscope.ablation.alignment import AlignedActivations, layout_of_batch
 from paramscope.ablation.engine import FAST_OPS, branched_scores, fast_map
-from paramscope.ablation.interventions import (
-    GROUPS,
-    Site,
-    UnitSpec,
-    apply,
-    n_units,
-    record,
-)
+from paramscope.ablation.interventions import GROUPS, Site, UnitSpec, apply, n_units
 from paramscope.ablation.neuron_groups import NEURON_GROUPINGS, cluster_specs
-from paramscope.ablation.resample import ResamplePool, token_key
+from paramscope.ablation.reference import last_context_activations, resample_pool, site_stats
+from paramscope.ablation.resample import ResamplePool
 from paramscope.ablation.screen import attribution_screen
 from paramscope.ablation.units import unit_label, unit_name, unit_specs
 from paramscope.ablation.weights import (
@@ -50,6 +44,7 @@ from paramscope.ablation.weights import (
     first_layer,
     weight_units,
 )
+from paramscope.evaluation.packing import Batch
 from paramscope.evaluation.requests import Doc
 from paramscope.evaluation.scorer import Scores
 from paramscope.models.adapters import Adapter
@@ -58,54 +53,6 @@ from paramscope.stats import paired_bootstrap_ci, paired_delta_summary
 MAP_GROUPS = (*GROUPS, *NEURON_GROUPINGS, *WEIGHT_GROUPS)
 MAP_OPS = ("zero", "scale", "mean", "noise", "resample")
 STAT_OPS = ("mean", "noise", "resample")  # ops that need reference activations from dev documents
-
-
-@torch.inference_mode()
-def reference_activations(adapter: Adapter, docs: tuple[Doc, ...], group: str, batch_size: int = 64
-                          ) -> dict[Site, Tensor]:
-    """Each layer's ``group`` site at the last context position of every doc: (n docs, site width), in doc order."""
-    if group not in GROUPS:
-        raise ValueError(f"reference activations need an activation group ({', '.join(GROUPS)}); got '{group}'")
-    if not docs:
-        raise ValueError("reference activations need at least one reference document")
-    model = adapter.model
-    dev = next(model.parameters()).device
-    sites = [(group, layer) for layer in range(adapter.n_layers)]
-    rows: dict[Site, list[Tensor]] = {site: [] for site in sites}
-    order = sorted(range(len(docs)), key=lambda i: len(docs[i].context))
-    for start in range(0, len(order), batch_size):
-        idx = order[start: start + batch_size]
-        lengths = torch.tensor([len(docs[i].context) for i in idx])
-        ids = torch.zeros(len(idx), int(lengths.max()), dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, i in enumerate(idx):
-            ids[row, : lengths[row]] = torch.tensor(docs[i].context)
-            mask[row, : lengths[row]] = 1
-        with record(adapter, sites) as seen:  # right padding: real positions never see the pads
-            model.base_model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False)
-        for site in sites:
-            [acts] = seen[site]
-            rows[site].append(acts[torch.arange(len(idx)), lengths.to(acts.device) - 1].double())
-    back = torch.as_tensor(np.argsort(order))  # batches ran in length order; rows go back to doc order
-    return {site: torch.cat(rows[site])[back.to(rows[site][0].device)] for site in sites}
-
-
-def site_stats(adapter: Adapter, docs: tuple[Doc, ...], group: str, batch_size: int = 64
-               ) -> tuple[dict[Site, Tensor], dict[Site, Tensor]]:
-    """Mean and per-dimension std of each layer's ``group`` site at the last context position of ``docs``.
-
-    Both are (site width,) tensors keyed by (group, layer), ready for ``apply(..., means=)``.
-    """
-    acts = reference_activations(adapter, docs, group, batch_size)
-    means = {site: a.mean(0).float() for site, a in acts.items()}
-    stds = {site: a.std(0, correction=0).float() for site, a in acts.items()}
-    return means, stds
-
-
-def resample_pool(adapter: Adapter, docs: tuple[Doc, ...], group: str, seed: int, batch_size: int = 64) -> ResamplePool:
-    """The donors of `resample`: every reference doc's site activations, keyed by its context tokens."""
-    acts = reference_activations(adapter, docs, group, batch_size)
-    return ResamplePool({site: a.float() for site, a in acts.items()}, [token_key(d.context) for d in docs], seed)
 
 
 def matched_std(adapter: Adapter, spec: UnitSpec, stds: Mapping[Site, Tensor]) -> float:
@@ -176,7 +123,7 @@ def ablation_map(
         if group == "single_neurons":
             specs, checked = screened_specs(adapter, reference, "neurons", 1, single_neuron_units, seed, batch_size)
         else:
-            specs = cluster_specs(reference_activations(adapter, reference, "neurons", batch_size), adapter.d_ffn,
+            specs = cluster_specs(last_context_activations(adapter, reference, "neurons", batch_size), adapter.d_ffn,
                                   neuron_block, seed)
         results = fast_map(adapter, docs, "neurons", batch_size=batch_size, specs=specs)
     elif exact_units is not None and op == "zero" and group in SCREENED_GROUPS:
@@ -280,19 +227,15 @@ def _weight_map(adapter: Adapter, docs: tuple[Doc, ...], group: str, op: str, va
 
 def weight_variant(adapter: Adapter, unit: WeightUnit, op: str, value: float):
     """A `branched_scores` variant's context: the unit's weights edited for the batch."""
-    return lambda ids, mask: edited(adapter, unit, op, value)
+    return lambda batch: edited(adapter, unit, op, value)
 
 
-def hook_variant(adapter: Adapter, spec: UnitSpec, means: Mapping[Site, Tensor] | None = None,
+def hook_variant(adapter: Adapter, spec: UnitSpec, means: AlignedActivations | None = None,
                  generator: torch.Generator | None = None, pool: ResamplePool | None = None):
-    """A `branched_scores` variant's context: the spec's hooks for one batch (a resampling pool picks
-    the batch's donors from its ids, since branched blocks run without the base model's forward)."""
-    @contextmanager
-    def enter(ids: Tensor, mask: Tensor) -> Iterator[None]:
-        with apply(adapter, [spec], means=means, generator=generator, pool=pool):
-            if pool is not None:
-                pool.choose_rows(ids, mask, cached=False)
-            yield
+    """A `branched_scores` variant's context: the spec's hooks for one batch, told the batch's layout
+    (branched blocks run without the base model's forward, which would declare it)."""
+    def enter(batch: Batch):
+        return apply(adapter, [spec], means=means, generator=generator, pool=pool, layout=layout_of_batch(batch))
 
     return enter
 

@@ -58,6 +58,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from paramscope.ablation.alignment import picked_positions
 from paramscope.ablation.interventions import (
     UnitSpec,
     _check_site,
@@ -293,7 +294,7 @@ class _Tiler:
 def _mlp_at(adapter: Adapter, layer: int, readout: Readout) -> Iterator[None]:
     """Run block `layer`'s MLP only at the read positions, zeros elsewhere: after the last block only
     those are read, and the MLP acts on each position alone, so nothing that is read changes and
-    most of the block's work is skipped."""
+    most of the block's work is skipped. Hooks inside the MLP are told which positions they see."""
     state: dict[str, Any] = {}
     rows, positions = readout.rows, readout.positions
 
@@ -314,7 +315,8 @@ def _mlp_at(adapter: Adapter, layer: int, readout: Readout) -> Iterator[None]:
     mlp = adapter.mlp(layer)
     handles = [mlp.register_forward_pre_hook(pick, with_kwargs=True), mlp.register_forward_hook(put_back)]
     try:
-        yield
+        with picked_positions(rows, positions):
+            yield
     finally:
         for h in handles:
             h.remove()
@@ -510,8 +512,9 @@ def _as_scores(docs: Sequence[Doc], lls: list[list[np.ndarray]]) -> list[Scores]
 
 
 # A variant of `branched_scores`: the first block it can change, and a context that applies it for one
-# batch, given the batch's input ids and attention mask (resampling picks each row's donor from them).
-Variant = tuple[int, Callable[[Tensor, Tensor], AbstractContextManager]]
+# batch, given the batch (hooks that depend on positions or contexts, e.g. `mean` and `resample`, read
+# them from it: branched blocks run without the base model's forward).
+Variant = tuple[int, Callable[[Batch], AbstractContextManager]]
 
 
 @torch.inference_mode()
@@ -535,19 +538,18 @@ def branched_scores(adapter: Adapter, docs: Sequence[Doc], variants: Sequence[Va
         trunk = _trunk(adapter, batch, ())
         tiler = _Tiler(len(idx), 1)
         for v, (first, enter) in enumerate(variants):
-            # a variant sees the contexts (resampling keys its donors on them), and hooks that must not
-            # see the choices are told where each packed row's context ends
-            with enter(batch.context_ids, batch.context_mask), \
-                    context_lengths(batch.context_lengths) if batch.packed else nullcontext():
+            # a variant sees the batch (its positions and contexts), and hooks that must not see the
+            # choices are told where each packed row's context ends
+            with enter(batch), context_lengths(batch.context_lengths) if batch.packed else nullcontext():
                 hidden = _run_blocks(adapter, trunk, first, trunk.block_in(first), tiler, batch.readout)
                 [per_doc] = _read(adapter, hidden, batch.readout, 1)
             for j, ll in zip(idx, per_doc):
                 lls[v][branched[j]] = ll
     if looped:
         looped_docs = [docs[i] for i in looped]
-        ids, mask = single_token_batch(looped_docs[:1], param.device).model_inputs().values()
+        placeholder = single_token_batch(looped_docs[:1], param.device)
         for v, (_, enter) in enumerate(variants):
-            with enter(ids, mask):  # placeholders: the loop's own forward picks rows per batch
+            with enter(placeholder):  # the loop's own forwards declare their rows to the hooks
                 loop = score(adapter.model, looped_docs, batch_size)
             for j, i in enumerate(looped):
                 lls[v][i] = loop.lls[j]

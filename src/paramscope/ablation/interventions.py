@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from transformers import PreTrainedModel
 
+from paramscope.ablation.alignment import AlignedActivations, Layout, layout_of_call
 from paramscope.ablation.resample import ResamplePool
 from paramscope.models.adapters import Adapter, get_adapter
 
@@ -43,7 +44,8 @@ class UnitSpec:
 
     `units` lists heads or neurons (stored sorted and unique, so equal selections hash equally) and
     is empty for the single-unit groups attn, mlp and layers. `value` is alpha for `scale` and the
-    standard deviation for `noise`; `mean` takes its tensor from `apply(..., means=)`.
+    standard deviation for `noise`; `mean` and `resample` take their activations from `apply(..., means=,
+    pool=)`.
     """
 
     group: str
@@ -76,7 +78,7 @@ def n_units(adapter: Adapter, group: str) -> int:
 
 
 def _site_width(adapter: Adapter, group: str) -> int:
-    """Last dimension of a site's activation (the shape a `mean` tensor must have)."""
+    """Last dimension of a site's activation (the width of `mean` and `resample` activations)."""
     return {"heads": adapter.n_heads * adapter.d_head, "neurons": adapter.d_ffn}.get(group, adapter.d_model)
 
 
@@ -134,8 +136,37 @@ def _check_site(adapter: Adapter, group: str, layer: int, units: Sequence[int] =
         raise ValueError(f"{group} units {bad} out of range 0..{count - 1} in layer {layer}")
 
 
-def _spec_edit(spec: UnitSpec, mean: Tensor | None, generator: torch.Generator | None,
-               pool: ResamplePool | None = None) -> Edit:
+class _Forward:
+    """The rows of the forward pass under way: its layout, and for `resample` each row's donor."""
+
+    def __init__(self, pool: ResamplePool | None) -> None:
+        self.pool = pool
+        self.layout: Layout | None = None
+        self.donors: Tensor | None = None
+
+    def enter(self, layout: Layout) -> None:
+        self.layout = layout
+        if self.pool is None:
+            return
+        if layout.contexts is not None:
+            self.donors = self.pool.donors(layout)
+        elif self.donors is None:
+            raise RuntimeError("a cached forward came before any context was seen")
+        else:  # the choices of the one document whose context filled the cache
+            self.donors = self.donors[:1].expand(layout.offsets.shape[0])
+
+    def on_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Forward pre-hook on the base model: the layout is known before any site is reached."""
+        self.enter(layout_of_call(args, kwargs))
+
+    def aligned(self, a: Tensor) -> tuple[Tensor, Tensor]:
+        if self.layout is None:
+            raise RuntimeError("no forward pass has declared its positions yet")
+        return self.layout.view(a.shape[:2])
+
+
+def _spec_edit(spec: UnitSpec, means: AlignedActivations | None, generator: torch.Generator | None,
+               forward: _Forward) -> Edit:
     """The fixed operation of `spec` on its selected units; the rest of the site is left as is."""
     index = list(spec.units) or [0]
 
@@ -145,11 +176,14 @@ def _spec_edit(spec: UnitSpec, mean: Tensor | None, generator: torch.Generator |
             new = torch.zeros_like(selected)
         elif spec.op == "scale":
             new = selected * spec.value
-        elif spec.op == "mean":
-            new = mean.reshape(a.shape[-2], a.shape[-1])[index].to(selected).expand_as(selected)
-        elif spec.op == "resample":  # each row's donor activation, the same at every position
-            donor = pool.donor_acts(spec.site, a.device).reshape(a.shape[0], a.shape[-2], a.shape[-1])[:, index]
-            new = donor.reshape(a.shape[0], *([1] * (a.dim() - 3)), *donor.shape[1:]).to(selected).expand_as(selected)
+        elif spec.op in ("mean", "resample"):  # a reference activation at each position's end-aligned offset
+            rows, offsets = forward.aligned(a)
+            if spec.op == "mean":
+                new = means.at(spec.site, torch.zeros_like(rows), offsets, index, a.shape[-2])
+            else:
+                new = forward.pool.sequences.at(spec.site, forward.donors.to(rows.device)[rows], offsets, index,
+                                                a.shape[-2])
+            new = new.to(selected)
         else:
             noise = torch.randn(selected.shape, generator=generator, dtype=selected.dtype, device=selected.device)
             new = selected + spec.value * noise
@@ -176,42 +210,51 @@ def _hooked(adapter: Adapter, edits: Sequence[tuple[Site, Edit]]) -> Iterator[Ad
 def apply(
     target: PreTrainedModel | Adapter,
     specs: Sequence[UnitSpec],
-    means: Mapping[Site, Tensor] | None = None,
+    means: AlignedActivations | None = None,
     generator: torch.Generator | None = None,
     pool: ResamplePool | None = None,
+    layout: Layout | None = None,
 ) -> Iterator[Adapter]:
     """Run the model with every spec applied; on exit it is exactly the clean model again.
 
-    `means[(group, layer)]` is the mean site activation for `op="mean"`, shape (site width,) where the
-    width is n_heads * d_head for heads, d_ffn for neurons and d_model otherwise (see `record`).
-    `generator` (on the model's device) makes `noise` reproducible; noise is redrawn on every forward.
-    `pool` holds the reference activations that `op="resample"` draws each example's donor from.
+    `means` holds the end-aligned mean site activations for `op="mean"` (`reference.site_stats`) and
+    `pool` the donors for `op="resample"` (`reference.resample_pool`): each position takes the
+    reference activation at its own offset from the end of its context (`alignment`), which every
+    base-model forward declares through its inputs. `layout` gives it for forwards that skip the base
+    model's own (the engine's branches). `generator` (on the model's device) makes `noise`
+    reproducible; noise is redrawn on every forward.
     """
     adapter = _as_adapter(target)
-    means = means or {}
+    forward = _Forward(pool)
     edits: list[tuple[Site, Edit]] = []
     for spec in specs:
         _check_site(adapter, spec.group, spec.layer, spec.units)
-        mean = None
         if spec.op == "mean":
-            if spec.site not in means:
-                raise ValueError(f"op 'mean' on {spec.site} needs means[{spec.site}]")
-            mean = means[spec.site]
-            width = _site_width(adapter, spec.group)
-            if mean.shape != (width,):
-                raise ValueError(f"means[{spec.site}] has shape {tuple(mean.shape)}; expected ({width},)")
-        if spec.op == "resample" and (pool is None or spec.site not in pool.acts):
-            raise ValueError(f"op 'resample' on {spec.site} needs a pool with activations for that site")
-        edits.append((spec.site, _spec_edit(spec, mean, generator, pool)))
-    resampling = any(spec.op == "resample" for spec in specs)
-    draw = adapter.model.base_model.register_forward_pre_hook(pool.pre_hook, with_kwargs=True) if resampling else None
+            if means is None or spec.site not in means.acts:
+                raise ValueError(f"op 'mean' on {spec.site} needs means with activations for that site")
+            _check_width(adapter, spec, means, "means")
+        if spec.op == "resample":
+            if pool is None or spec.site not in pool.sequences.acts:
+                raise ValueError(f"op 'resample' on {spec.site} needs a pool with activations for that site")
+            _check_width(adapter, spec, pool.sequences, "the pool")
+        edits.append((spec.site, _spec_edit(spec, means, generator, forward)))
+    aligning = any(spec.op in ("mean", "resample") for spec in specs)
+    declare = (adapter.model.base_model.register_forward_pre_hook(forward.on_call, with_kwargs=True)
+               if aligning else None)
     try:
+        if aligning and layout is not None:
+            forward.enter(layout)
         with _hooked(adapter, edits):
             yield adapter
     finally:
-        if draw is not None:
-            draw.remove()
-            pool.rows = None
+        if declare is not None:
+            declare.remove()
+
+
+def _check_width(adapter: Adapter, spec: UnitSpec, source: AlignedActivations, name: str) -> None:
+    width = _site_width(adapter, spec.group)
+    if source.acts[spec.site].shape[-1] != width:
+        raise ValueError(f"{name} for {spec.site} have width {source.acts[spec.site].shape[-1]}; expected {width}")
 
 
 def _gate_edit(gate: Tensor) -> Edit:

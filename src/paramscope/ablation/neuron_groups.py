@@ -40,7 +40,7 @@ def cluster_neurons(acts: np.ndarray, n_clusters: int, seed: int) -> list[np.nda
 
 def cluster_specs(acts: Mapping[Site, Tensor], d_ffn: int, neuron_block: int, seed: int) -> list[UnitSpec]:
     """Zero-ablation units of every layer's neuron clusters, from each layer's neuron activations on the
-    dev documents (`atlas.reference_activations`, keyed by ("neurons", layer))."""
+    dev documents (`reference.last_context_activations`, keyed by ("neurons", layer))."""
     n_clusters = max(1, d_ffn // neuron_block)
     specs = []
     for (_, layer), a in sorted(acts.items(), key=lambda item: item[0][1]):

@@ -1,15 +1,27 @@
-"""Resample ablation: a unit takes the activation it had on another example (STUDY.md section 3).
+"""Resample ablation: a unit takes the activations it had on another example (STUDY.md section 3).
 
 Each evaluated example gets one donor from a reference pool (the task's dev documents), chosen by a
-seeded hash of the example's own tokens. The choice therefore never depends on which examples share
-a batch or in what order they come, so results are the same at any batch size. The donor's
-activation is the one at its last context position (as for `mean`), put at every position of the
-example. An example never draws itself: a donor with exactly the example's tokens is skipped.
+seeded hash of the example's own context tokens. The choice therefore never depends on which examples
+share a batch or in what order they come, so results are the same at any batch size. At every position
+the unit takes the donor's activation at the same end-aligned position (`alignment`): the example's
+last context token gets the donor's last context token, the one before it the donor's one before
+it, and so on; a choice token fed as input gets the donor's activation at the same place in the
+donor's gold continuation (its last one past the end of it; its last context token where the gold
+answer is one token).
+
+Donors are drawn among the pool documents whose context is at least as long as the example's, so that
+every context position has a donor position of its own; an example longer than every pool context
+draws among the longest ones, and its positions before the donor's first token take that first
+token's activation. An example never draws itself: a donor with exactly the example's context is
+skipped.
 
 Donors are keyed on the context alone: for multi-token choices packed after their context
-(`evaluation.packing`, which declares each row's context length) only the context tokens count, and
-where the scorer runs the context once and the choices against its cache, the cached forward reuses
-the donor drawn for the context. Every choice of a document sees the same donor.
+(`evaluation.packing`, which declares each row's context length) only the context tokens count, so
+every choice of a document sees the same donor, packed or scored as a sequence of its own (a
+multiple-input document, one context per choice, draws one donor per context). Where the
+scorer runs the context once and the choices against its cache (GPT-Neo documents too long to pack),
+the first forward holds the context without its last token, which keys the donor there; the cached
+forward reuses that donor. It is still fixed by the document's tokens alone.
 """
 
 from __future__ import annotations
@@ -22,10 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from paramscope.evaluation.kv_cache import passed_cache
-from paramscope.evaluation.positions import current_context_lengths
-
-Site = tuple[str, int]
+from paramscope.ablation.alignment import AlignedActivations, Layout
 
 
 def token_key(tokens: Sequence[int] | Tensor) -> bytes:
@@ -36,54 +45,37 @@ def token_key(tokens: Sequence[int] | Tensor) -> bytes:
 
 @dataclass
 class ResamplePool:
-    """Reference activations per site, one row per pool example, and the donor rows of the current forward.
+    """The donors: every pool document's site activations along its context and gold continuation
+    (`sequences`, one sequence per document), and `keys[i]`, the `token_key` of document i's context."""
 
-    `acts[(group, layer)]` has shape (n_pool, site width); `keys[i]` is `token_key` of pool example i.
-    """
-
-    acts: dict[Site, Tensor]
+    sequences: AlignedActivations
     keys: list[bytes]
     seed: int = 0
-    rows: Tensor | None = field(default=None, repr=False)
+    _lengths: np.ndarray = field(init=False, repr=False)
+    _drawn: dict[tuple[bytes, int], int] = field(init=False, repr=False, default_factory=dict)  # the same rows recur per unit
 
     def __post_init__(self) -> None:
         if not self.keys:
             raise ValueError("a resample pool needs at least one reference example")
-        for site, acts in self.acts.items():
-            if acts.shape[0] != len(self.keys):
-                raise ValueError(f"pool activations for {site} have {acts.shape[0]} rows; expected {len(self.keys)}")
+        if self.sequences.n_sequences != len(self.keys):
+            raise ValueError(f"the pool has {self.sequences.n_sequences} sequences for {len(self.keys)} keys")
+        self._lengths = self.sequences.context_lengths.cpu().numpy()
 
-    def donor(self, key: bytes) -> int:
-        """The pool row that the example with fingerprint `key` takes its activations from."""
-        salted = hashlib.blake2b(key, digest_size=8, key=self.seed.to_bytes(8, "little", signed=True)).digest()
-        index = int.from_bytes(salted, "little") % len(self.keys)
-        if self.keys[index] == key and len(self.keys) > 1:
-            index = (index + 1) % len(self.keys)
-        return index
+    def donor(self, key: bytes, context_length: int) -> int:
+        """The pool document that the example with context fingerprint `key` and `context_length` tokens
+        takes its activations from (see the module docstring)."""
+        if (key, context_length) not in self._drawn:
+            eligible = np.flatnonzero(self._lengths >= min(context_length, int(self._lengths.max())))
+            salt = self.seed.to_bytes(8, "little", signed=True)
+            draw = int.from_bytes(hashlib.blake2b(key, digest_size=8, key=salt).digest(), "little") % len(eligible)
+            if self.keys[eligible[draw]] == key and len(eligible) > 1:
+                draw = (draw + 1) % len(eligible)
+            self._drawn[(key, context_length)] = int(eligible[draw])
+        return self._drawn[(key, context_length)]
 
-    def choose_rows(self, input_ids: Tensor, attention_mask: Tensor | None, cached: bool) -> None:
-        """Set `rows` for a forward pass: one donor per batch row from its real (unmasked) tokens."""
-        if cached:
-            if self.rows is None:
-                raise RuntimeError("a cached forward came before any context was seen")
-            self.rows = self.rows[:1].expand(input_ids.shape[0])
-            return
-        declared = current_context_lengths()
-        if declared is not None:  # packed rows: the context is each row's leading positions
-            self.rows = torch.tensor([self.donor(token_key(ids[:n])) for ids, n in zip(input_ids.cpu(), declared.cpu())])
-            return
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        self.rows = torch.tensor([self.donor(token_key(ids[m.bool()])) for ids, m in zip(input_ids.cpu(), mask.cpu())])
-
-    def pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        """Forward pre-hook on the base model: draw the donors before any site is reached."""
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        if input_ids is None:
-            raise ValueError("resample ablation needs input_ids (inputs_embeds carry no token identity)")
-        self.choose_rows(input_ids, kwargs.get("attention_mask"), passed_cache(kwargs) is not None)
-
-    def donor_acts(self, site: Site, device: torch.device) -> Tensor:
-        """(batch, site width): each row's donor activation at `site` for the current forward."""
-        if self.rows is None:
-            raise RuntimeError("no forward pass has chosen donors yet")
-        return self.acts[site].to(device)[self.rows.to(device)]
+    def donors(self, layout: Layout) -> Tensor:
+        """(B,): each row's donor document, from its context tokens and length."""
+        if layout.contexts is None:
+            raise ValueError("a forward that continues a cache has no context of its own to draw donors for")
+        return torch.tensor([self.donor(token_key(ctx), int(n))
+                             for ctx, n in zip(layout.contexts, layout.context_lengths.tolist())])

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from paramscope.ablation.atlas import MAP_GROUPS, MAP_OPS, SCREENED_GROUPS, STAT_OPS, ablation_map
 from paramscope.ablation.neuron_groups import NEURON_GROUPINGS
 from paramscope.ablation.pairs import PAIR_GROUPS, pair_map
+from paramscope.ablation.reference import POOL_DOCS
 from paramscope.ablation.weights import WEIGHT_GROUPS, WEIGHT_OPS
 from paramscope.errors import StudyError, check_choice
 from paramscope.evaluation.scorer import score
@@ -25,6 +26,13 @@ log = logging.getLogger(__name__)
 # Part of every cell's key: bump it when a map's rows change shape or meaning, so that cells made by
 # older code are recomputed instead of being mixed into new tables.
 ROW_SCHEMA = 5
+# Part of the key of maps built on dev statistics: which statistic each op writes or matches
+# (`reference`), so that changing one recomputes that op's maps and nothing else.
+REFERENCE = {
+    "mean": "dev/end-aligned-position-mean",
+    "resample": "dev/donor-at-end-aligned-position",
+    "noise": "dev/last-context-position",
+}
 
 
 def selected(cfg: DictConfig, key: str, default: list) -> list[str]:
@@ -126,7 +134,9 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
                     spec.update(pair_group=cfg.ablate.pair_group, pair_top_k=int(cfg.ablate.pair_top_k),
                                 selected_on="dev")
                 if cfg.op in STAT_OPS:
-                    spec["reference"] = "dev/last-context-position"
+                    spec["reference"] = REFERENCE[cfg.op]
+                if cfg.op == "resample":
+                    spec["pool_docs"] = POOL_DOCS
                 if cfg.group == "single_neurons":
                     spec.update(single_neuron_units=int(cfg.ablate.single_neuron_units), selected_on="dev")
                 if cfg.group == "neuron_clusters":

@@ -5,6 +5,9 @@ that averages over the sequence (VPS's channel selection and adaptive gamma) wou
 whose likelihood is being scored, and the score would no longer be P(choice | context). The scorer
 therefore declares, for each forward pass of such sequences, how many leading positions of each row
 are context; hooks read it with `current_context_lengths()` (None where every real position is context).
+The count runs from the sequence's first position (position id 0): a forward that stops inside the
+context, or continues it from a key/value cache, declares the whole context's length (mean and
+resample ablations align positions from the context's end with it, `ablation.alignment`).
 """
 
 from __future__ import annotations

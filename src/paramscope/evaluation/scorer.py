@@ -122,16 +122,20 @@ def _score_shared_context(model, doc: Doc) -> np.ndarray:
         ids[row, 1 : 1 + len(choice)] = torch.tensor(choice, device=dev)
         cmask[row, : 1 + len(choice)] = 1
     base = model.base_model
+    # Both forwards declare the whole context's length (it ends inside the first, and the second's rows
+    # start with its last token), so that hooks see where each position sits relative to it.
     if prefix.shape[1] > 0:
-        cache = output_cache(base(input_ids=prefix, use_cache=True))
+        with context_lengths(torch.tensor([len(doc.context)], device=dev)):
+            cache = output_cache(base(input_ids=prefix, use_cache=True))
         cache.batch_repeat_interleave(n)
         mask = torch.cat([torch.ones(n, prefix.shape[1], dtype=torch.long, device=dev), cmask], dim=1)
         positions = torch.arange(prefix.shape[1], prefix.shape[1] + width, device=dev).expand(n, -1)
-        hidden = base(
-            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_argument(base): cache}
-        ).last_hidden_state
+        with context_lengths(torch.full((n,), len(doc.context), device=dev)):
+            hidden = base(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                          **{cache_argument(base): cache}).last_hidden_state
     else:
-        hidden = _hidden(model, ids, cmask)
+        with context_lengths(torch.ones(n, dtype=torch.long, device=dev)):
+            hidden = _hidden(model, ids, cmask)
     lls = np.empty(n)
     for row, choice in enumerate(doc.choices):
         # Unembed only the positions that predict this choice's tokens.
