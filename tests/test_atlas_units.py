@@ -238,7 +238,8 @@ def test_resample_writes_the_donors_own_activation_at_each_end_aligned_position(
 
 
 def test_map_lists():
-    assert MAP_GROUPS == ("heads", "neurons", "attn", "mlp", "layers", "matrix", "magnitude", "magnitude_matrix", "random")
+    assert MAP_GROUPS == ("heads", "neurons", "attn", "mlp", "layers", "single_neurons", "neuron_clusters", "matrix",
+                          "magnitude", "magnitude_matrix", "random")
     assert MAP_OPS == ("zero", "scale", "mean", "noise", "resample")
 
 
