@@ -1,4 +1,5 @@
-"""Stage train: the scratch GPT-NeoX model (with its step-0 checkpoint) and its two related variants."""
+"""Stage train: the scratch GPT-NeoX model (with its step-0 checkpoint), its two related variants, and the
+noise twin of each (the structure stage's drift reference)."""
 
 from pathlib import Path
 

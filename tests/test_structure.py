@@ -20,14 +20,15 @@ from paramscope.structure.components import (
     substructure_logits,
 )
 from paramscope.structure.null_test import (
-    drift_pvalues,
+    Weights,
+    drift_null,
     edge_tests,
     entry_tests,
+    matrix_table,
     value_null,
-    value_pvalues,
 )
 from paramscope.structure.run import check_request, projection_weights
-from paramscope.structure.units import KINDS, matrix_roles, n_units
+from paramscope.structure.units import KINDS, MatrixRole, matrix_roles, n_units
 from paramscope.structure.weibull import (
     GAUSSIAN_K,
     GAUSSIAN_LAMBDA_PER_SIGMA,
@@ -82,15 +83,15 @@ def test_value_pvalues_are_valid_under_the_null_and_exact_at_the_extremes(draw):
     sample = (lambda: rng.normal(0, 1, size=(200, 200))) if draw == "normal" else (
         lambda: rng.uniform(-1, 1, size=(200, 200)))
     init, fresh = sample(), sample()  # an untrained matrix drawn from the same init
-    p = value_pvalues(fresh, init)
-    assert abs(p.mean() - 0.5) < 0.01 and abs(np.mean(p <= 0.05) - 0.05) < 0.005
     null = value_null(init)
+    p = null.pvalues(fresh)
+    assert abs(p.mean() - 0.5) < 0.01 and abs(np.mean(p <= 0.05) - 0.05) < 0.005
     assert null.kind == draw.replace("uniform", "empirical")
     if draw == "normal":  # the normal tail: an outlying entry gets a p far below 1/(n0 + 1)
-        assert value_pvalues(np.array([10.0]), init)[0] < 1e-20 < 1 / (init.size + 1)
+        assert null.pvalues(np.array([10.0]))[0] < 1e-20 < 1 / (init.size + 1)
     else:  # the empirical tail floors at 1/(n0 + 1)
-        assert value_pvalues(np.array([100.0]), init)[0] == 1 / (init.size + 1) == null.smallest_p
-    assert value_pvalues(np.array([0.0]), init)[0] == 1.0
+        assert null.pvalues(np.array([100.0]))[0] == 1 / (init.size + 1) == null.smallest_p
+    assert null.pvalues(np.array([0.0]))[0] == 1.0
 
 
 def test_a_single_learned_entry_is_found_among_a_million_under_the_normal_null():
@@ -100,37 +101,110 @@ def test_a_single_learned_entry_is_found_among_a_million_under_the_normal_null()
     init = rng.normal(0, 0.02, size=(1000, 1000))
     trained = init.copy()
     trained[3, 7] = 0.2  # ten init standard deviations
-    tests = entry_tests({"w": trained}, {"w": init}, 0.05)
-    assert tests.q_value["w"][3, 7] <= 0.05
-    assert (tests.q_value["w"] <= 0.05).sum() == 1
+    tests = entry_tests(Weights({"w": trained}, {"w": init}, None), 0.05)
+    assert tests.value.q["w"][3, 7] <= 0.05
+    assert (tests.value.q["w"] <= 0.05).sum() == 1
 
 
 def test_criterion_finds_a_planted_block_of_learned_entries_at_the_stated_fdr():
     rng = np.random.default_rng(3)
     fdr, sigma = 0.05, 0.02
     init = rng.normal(0, sigma, size=(256, 256))
-    trained = init + rng.normal(0, 0.1 * sigma, size=init.shape)  # diffuse drift of every entry
+    walk = 0.1 * sigma  # the diffuse drift of every entry, as far as the noise twin's
+    twin = init + rng.normal(0, walk, size=init.shape)
+    trained = init + rng.normal(0, walk, size=init.shape)
     block = np.zeros(init.shape, dtype=bool)
     block[40:72, 100:132] = True
-    trained[block] += 8 * 0.1 * sigma * rng.choice([-1.0, 1.0], size=block.sum())
-    tests = entry_tests({"w": trained}, {"w": init}, fdr)
+    trained[block] += 8 * walk * rng.choice([-1.0, 1.0], size=block.sum())
+    tests = entry_tests(Weights({"w": trained}, {"w": init}, {"w": twin}), fdr)
     found = ~tests.indistinguishable("w")
     recall = found[block].mean()
     false_discovery = (found & ~block).sum() / max(found.sum(), 1)
     assert recall > 0.99
     assert false_discovery <= fdr
     # the same matrix without the block: nothing is found
-    clean = entry_tests({"w": init + rng.normal(0, 0.1 * sigma, size=init.shape)}, {"w": init}, fdr)
-    assert clean.indistinguishable("w").mean() > 0.999
+    clean = {"w": init + rng.normal(0, walk, size=init.shape)}
+    assert entry_tests(Weights(clean, {"w": init}, {"w": twin}), fdr).indistinguishable("w").mean() > 0.999
 
 
-def test_drift_test_with_no_movement_finds_nothing_and_any_isolated_move_when_most_stay():
+def _noise_walk(rng, shape, scale, tails):
+    """Drifts with no learning signal: normal, or heavy-tailed like a twin's output projections."""
+    if tails == "normal":
+        return rng.normal(0, scale, size=shape)
+    return scale * rng.standard_t(3, size=shape)
+
+
+@pytest.mark.parametrize("tails", ["normal", "heavy"])
+def test_drift_pvalues_are_uniform_when_nothing_was_learned(tails):
+    """Null calibration: a model whose entries only random-walked like its noise twin's, tested against
+    that twin, gets uniform drift p-values and no rejection."""
+    rng = np.random.default_rng(5)
+    sigma, shape = 0.02, (300, 300)
+    init = rng.normal(0, sigma, size=shape)
+    twin = init + _noise_walk(rng, shape, 2 * sigma, tails)
+    trained = init + _noise_walk(rng, shape, 2 * sigma, tails)  # as far as the twin: drift >> 0, yet no signal
+    tests = entry_tests(Weights({"w": trained}, {"w": init}, {"w": twin}), 0.05)
+    assert tests.drift.nulls["w"].kind == ("normal" if tails == "normal" else "empirical")
+    p = tests.drift.p["w"]
+    assert abs(p.mean() - 0.5) < 0.01 and abs(np.mean(p <= 0.05) - 0.05) < 0.005
+    assert (tests.drift.q["w"] <= 0.05).sum() == 0
+    # edges (here one entry each) against the twin's edges: none stands out either
+    roles = {"w": MatrixRole("w", 0, "neurons", "mlp_in", True, np.arange(shape[0]))}
+    edges = edge_tests(tests, Weights({"w": trained}, {"w": init}, {"w": twin}), roles, shape[1], {(0, "neurons"): shape[0]})
+    assert edges.frac_indist_drift.iloc[0] == 1.0
+
+
+def test_drift_null_is_not_scaled_by_the_drifts_it_tests():
+    """Every entry but a few moved far by a learned signal: a null scaled by the matrix's own drifts
+    called that bulk null (the old test); against the noise twin only the few that merely walked are."""
+    rng = np.random.default_rng(6)
+    fdr, sigma, shape = 0.05, 0.02, (256, 256)
+    init = rng.normal(0, sigma, size=shape)
+    walk = 0.5 * sigma  # how far an entry moves without a learning signal
+    twin = init + rng.normal(0, walk, size=shape)
+    learned = rng.random(shape) > 0.05  # 95% of the entries received a consistent update
+    trained = init + rng.normal(0, walk, size=shape)
+    trained[learned] += 10 * walk * rng.choice([-1.0, 1.0], size=learned.sum())
+    tests = entry_tests(Weights({"w": trained}, {"w": init}, {"w": twin}), fdr)
+    found = tests.drift.q["w"] <= fdr
+    assert found[learned].mean() > 0.99
+    assert (found & ~learned).sum() / found.sum() <= fdr
+    table = matrix_table(tests, Weights({"w": trained}, {"w": init}, {"w": twin}),
+                         {"w": MatrixRole("w", 0, "neurons", "mlp_in", True, np.arange(shape[0]))})
+    assert table.frac_indist_drift.iloc[0] < 0.06  # not the ~100% the self-scaled null gave
+    assert table.drift_ref_scale.iloc[0] == pytest.approx(walk, rel=0.02)
+
+
+def test_a_twin_that_never_moved_rejects_every_drift_and_no_stillness():
     init = np.random.default_rng(4).normal(size=(10, 10))
-    assert np.all(drift_pvalues(init, init) == 1.0)
     moved = init.copy()
     moved[0, 0] += 1e-3
-    p = drift_pvalues(moved, init)
-    assert p[0, 0] == 0.0 and np.all(np.delete(p.ravel(), 0) == 1.0)
+    null = drift_null(np.zeros_like(init))
+    p = null.pvalues(moved - init)
+    assert null.kind == "empirical" and p[0, 0] == null.smallest_p == 1 / 101
+    assert np.all(np.delete(p.ravel(), 0) == 1.0)
+
+
+def test_without_a_noise_twin_the_value_test_decides_alone_and_says_so():
+    rng = np.random.default_rng(7)
+    init = rng.normal(0, 0.02, size=(64, 64))
+    trained = init + rng.normal(0, 0.02, size=init.shape)
+    weights = Weights({"w": trained}, {"w": init}, None)
+    tests = entry_tests(weights, 0.05)
+    assert tests.drift is None
+    assert np.array_equal(tests.indistinguishable("w"), tests.value.q["w"] > 0.05)
+    assert np.array_equal(tests.combined("w"), tests.value.p["w"])
+    row = matrix_table(tests, weights, {"w": MatrixRole("w", 0, "neurons", "mlp_in", True, np.arange(64))}).iloc[0]
+    assert row.drift_null == "none" and np.isnan(row.frac_indist_drift)
+    assert row.frac_indist == row.frac_indist_value
+
+
+def test_mismatched_checkpoints_are_refused():
+    w = {"a": np.zeros((2, 3))}
+    with pytest.raises(ValueError, match="noise twin shape"):
+        Weights(w, w, {"a": np.zeros((3, 2))})
+    with pytest.raises(ValueError, match="trained and step-0 matrices differ"):
+        Weights(w, {"b": np.zeros((2, 3))}, None)
 
 
 # --------------------------------------------------------------------------- units and edges
@@ -189,7 +263,8 @@ def test_edges_of_an_unchanged_model_are_all_indistinguishable():
     roles = matrix_roles(adapter)
     w = projection_weights(adapter)
     units = {(layer, k): n_units(adapter, layer, k) for layer in range(adapter.n_layers) for k in KINDS}
-    table = edge_tests(w, w, roles, adapter.d_model, units, 0.05)
+    weights = Weights(w, w, w)
+    table = edge_tests(entry_tests(weights, 0.05), weights, roles, adapter.d_model, units)
     assert set(table.unit_kind) == set(KINDS) and (table.frac_indist == 1.0).all()
     assert (table[table.unit_kind == "neurons"].params_per_edge == 2).all()  # W_in[j, i] and W_out[i, j]
     heads = table[table.unit_kind == "heads"].params_per_edge
@@ -341,6 +416,7 @@ def test_matrix_blocks_are_the_block_diagonal_form():
         (["tolerance=-1"], "tolerance must be >= 0"),
         (["structure.thresholds=[0.1,0.5]"], "decrease strictly"),
         (["structure.models=[scratch-step0]"], "no step-0 null model for scratch-step0"),
+        (["~structure.drift_references.gen2"], "no drift reference for gen2; set structure.drift_references.<model>"),
     ],
 )
 def test_bad_requests_are_refused_before_any_work(overrides, message):
@@ -354,7 +430,8 @@ def test_bad_requests_are_refused_before_any_work(overrides, message):
 
 @pytest.fixture(scope="module")
 def study(smoke_suite, tmp_path_factory):
-    """Smoke data, a random `scratch-step0` and a `scratch` that drifted from it, and a config for them."""
+    """Smoke data, a random `scratch-step0`, a `scratch` that drifted from it and a `scratch-noise` that
+    walked as far, and a config for them."""
     from transformers import AutoTokenizer
 
     from paramscope.models.zoo import save_model
@@ -364,12 +441,14 @@ def study(smoke_suite, tmp_path_factory):
     tokenizer = AutoTokenizer.from_pretrained(data / "tokenizer")
     step0 = tiny_random_model("gpt_neox", 0, len(tokenizer))
     save_model(step0, tokenizer, tmp / "models" / "scratch-step0", {})
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in step0.parameters():
-            if p.ndim == 2:
-                p.add_(0.1 * torch.randn(p.shape, generator=generator))
-    save_model(step0, tokenizer, tmp / "models" / "scratch", {})
+    for seed, name in ((1, "scratch"), (2, "scratch-noise")):
+        moved = tiny_random_model("gpt_neox", 0, len(tokenizer))
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in moved.parameters():
+                if p.ndim == 2:
+                    p.add_(0.1 * torch.randn(p.shape, generator=generator))
+        save_model(moved, tokenizer, tmp / "models" / name, {})
     cfg = make_cfg("structure", ["profile=smoke", f"paths.data={data}", f"paths.tasks={data / 'tasks'}",
                                  f"paths.tokenizer={data / 'tokenizer'}", f"paths.models={tmp / 'models'}",
                                  "model=scratch", "structure.thresholds=[0.5,0.1,0.01]", "structure.decompose_docs=2"])
@@ -391,6 +470,9 @@ def test_the_grid_writes_every_cell_once_and_the_report_reads_them(study, tmp_pa
     assert set(df[df.kind == "weibull"].step) == {"step0", "trained"}
     states = df[(df.kind == "anneal") & (df.row_type == "state")]
     assert set(states.split) == {"dev", "test"} and (states.null_model == "scratch-step0").all()
+    assert (states.drift_reference == "scratch-noise").all()
+    matrices = df[(df.kind == "tests") & (df.row_type == "matrix")]
+    assert (matrices.drift_null != "none").all() and matrices.frac_indist_drift.between(0.0, 1.0).all()
     graph = df[(df.kind == "components") & (df.row_type == "graph")]
     # the components run apart: measured, whatever it is (layer norms couple them)
     assert (graph[graph.method == "dense"].n_substructures >= 1).all()
@@ -400,11 +482,13 @@ def test_the_grid_writes_every_cell_once_and_the_report_reads_them(study, tmp_pa
     rcfg = make_cfg("report", ["profile=smoke", "topic=structure", "report.n_resamples=1000", "models=[scratch]"])
     metrics = report(rcfg, results, tmp_path)
     macros = (tmp_path / "macros.tex").read_text()
-    for name in ("StructureScratchIndist", "StructureScratchAnnealSparsity", "StructureScratchAnnealTestDeltaAccLow",
+    for name in ("StructureScratchIndist", "StructureScratchIndistValue", "StructureScratchIndistDrift",
+                 "StructureScratchDriftReference", "StructureScratchDriftRatio", "StructureDriftNullTotal",
+                 "StructureScratchIndistEdgesDriftNeurons", "StructureScratchAnnealSparsity", "StructureScratchAnnealTestDeltaAccLow",
                  "StructureWeibullScratchStepZeroK", "StructureApartMaxDiff",
                  "StructureApartMinAgreement"):
         assert f"\\newcommand{{\\{name}}}" in macros
-    assert 0.0 <= metrics["scratch/indist"] <= 1.0
+    assert 0.0 <= metrics["scratch/indist"] <= metrics["scratch/indist_drift"] <= 1.0
     assert {p.name for p in (tmp_path / "figures").iterdir()} == {
         "indistinguishable.pdf", "annealing.pdf", "components.pdf", "weibull.pdf"}
     assert {p.name for p in (tmp_path / "tables").iterdir()} == {

@@ -1,4 +1,5 @@
-"""Training of the scratch models with Lightning: the base model, its step-0 checkpoint, and the variants.
+"""Training of the scratch models with Lightning: the base model, its step-0 checkpoint, the variants
+and their noise twins (`noise_twin`).
 
 Every model is saved as a Hugging Face directory (safetensors + tokenizer) with a provenance file, so
 that the rest of the study loads them exactly like hub models.
@@ -32,6 +33,12 @@ from transformers import (
 
 from paramscope.errors import StudyError
 from paramscope.models.corpus import CORPUS, CorpusResume, PackedCorpus, open_stream
+from paramscope.models.noise_twin import check_twin_start, train_noise_twin
+from paramscope.models.objective import (
+    GRADIENT_CLIP,
+    next_token_loss,
+    optimizer_and_schedule,
+)
 from paramscope.models.zoo import save_model
 from paramscope.store import cell_key
 
@@ -144,28 +151,15 @@ class CausalLM(L.LightningModule):
 
     def training_step(self, batch, _):
         (ids,) = batch
-        inputs, targets = ids[:, :-1], ids[:, 1:].clone()
-        if self.pad_id is None:  # packed blocks: every position is a real token, plain causal attention
-            logits = self.model(input_ids=inputs).logits
-        else:
-            targets[targets == self.pad_id] = -100
-            logits = self.model(input_ids=inputs, attention_mask=(inputs != self.pad_id).long()).logits
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        loss, n_tokens = next_token_loss(self.model, ids, self.pad_id)
         self.log("train/loss", loss, prog_bar=True)
-        self.log("train/tokens", float((targets != -100).sum()), reduce_fx="sum")
+        self.log("train/tokens", float(n_tokens), reduce_fx="sum")
         return loss
 
     def configure_optimizers(self):
         hp = self.hparams
-        opt = torch.optim.AdamW(self.model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
-
-        def schedule(step: int) -> float:
-            if step < hp.warmup_steps:
-                return (step + 1) / hp.warmup_steps
-            progress = (step - hp.warmup_steps) / max(1, hp.max_steps - hp.warmup_steps)
-            return 0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * min(1.0, progress))).item())
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        opt, sched = optimizer_and_schedule(self.model.parameters(), hp.lr, hp.weight_decay, tuple(hp.betas),
+                                            hp.warmup_steps, hp.max_steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
@@ -198,7 +192,7 @@ def checkpoint_dir(cfg: DictConfig, name: str) -> Path | None:
         return None
     what = {
         "model": cfg.model,
-        "train": {k: v for k, v in cfg.train.items() if k not in ("checkpoints", "variants")},
+        "train": {k: v for k, v in cfg.train.items() if k not in ("checkpoints", "variants", "noise_twin")},
         "variant": cfg.train.variants[name],
         "corpus": cfg.get("corpus"),
         "trainer": trainer_options(cfg),
@@ -230,9 +224,13 @@ def train_variant(cfg: DictConfig, name: str, models_dir: Path, data_dir: Path, 
 
     With `train.checkpoints` set, checkpoints are written every `every_n_steps` and an interrupted run
     restarts from its last one (model, optimizer, schedule and the corpus position), then the folder
-    is removed once the model is saved.
+    is removed once the model is saved. With `train.noise_twin` set, the variant's noise twin is trained
+    and saved after it (`noise_twin`), without touching the variant or its random streams.
     """
     spec = cfg.train.variants[name]
+    twin = cfg.train.get("noise_twin") is not None
+    if twin:
+        check_twin_start(cfg, name, models_dir)  # before hours of training, not after
     tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
     L.seed_everything(cfg.seed + sum(map(ord, name)), workers=True, verbose=False)
     if spec.init is None:
@@ -272,7 +270,7 @@ def train_variant(cfg: DictConfig, name: str, models_dir: Path, data_dir: Path, 
         enable_checkpointing=ckpt_dir is not None,
         enable_model_summary=False,
         log_every_n_steps=cfg.train.get("log_every_n_steps", 25),
-        gradient_clip_val=1.0,
+        gradient_clip_val=GRADIENT_CLIP,
         accumulate_grad_batches=accumulate,
         callbacks=callbacks,
     )
@@ -307,11 +305,14 @@ def train_variant(cfg: DictConfig, name: str, models_dir: Path, data_dir: Path, 
     }
     if corpus is not None:
         provenance["corpus"] = OmegaConf.to_container(cfg.corpus, resolve=True)
+    summary = {
+        f"{name}/final_loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
+        f"{name}/tokens_per_s": throughput.tokens_per_s,
+    }
     if trainer.is_global_zero:
         save_model(model, tokenizer, models_dir / name, provenance)
         if ckpt_dir is not None and not cfg.train.checkpoints.get("keep_after", False):
             shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return {
-        f"{name}/final_loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
-        f"{name}/tokens_per_s": throughput.tokens_per_s,
-    }
+        if twin:
+            summary.update(train_noise_twin(cfg, name, models_dir, steps))
+    return summary

@@ -254,14 +254,21 @@ def report(cfg: DictConfig, results: Path, out: Path) -> dict:
     rows_indist = []
     for model in models:
         m = matrices[matrices.model == model]
-        null = str(m.null_model.iloc[0])
+        null, reference = str(m.null_model.iloc[0]), str(m.drift_reference.iloc[0])
         macros[_m(model, "Null")] = tex.escape(null)
+        macros[_m(model, "DriftReference")] = tex.escape(reference)
+        # how far the trained entries moved, in units of the noise twin's walk (median over matrices)
+        ratio = float(np.median(m.drift_rms / m.drift_ref_scale)) if reference != "none" else math.nan
+        macros[_m(model, "DriftRatio")] = tex.num(ratio, 2)
+        metrics[f"{model}/drift_rms_over_twin"] = ratio
         overall = {c: float(np.average(m[c], weights=m.n)) for c in ("frac_indist", "frac_indist_value", "frac_indist_drift")}
         macros[_m(model, "Indist")] = tex.pct(overall["frac_indist"])
         macros[_m(model, "IndistValue")] = tex.pct(overall["frac_indist_value"])
         macros[_m(model, "IndistDrift")] = tex.pct(overall["frac_indist_drift"])
         metrics[f"{model}/indist"] = overall["frac_indist"]
-        cells = [tex.escape(model), tex.escape(null)]
+        metrics[f"{model}/indist_value"] = overall["frac_indist_value"]
+        metrics[f"{model}/indist_drift"] = overall["frac_indist_drift"]
+        cells = [tex.escape(model), tex.escape(null), tex.escape(reference)]
         for t in MATRIX_TYPES:
             sub = m[m.matrix_type == t]
             frac = float(np.average(sub.frac_indist, weights=sub.n)) if len(sub) else float("nan")
@@ -274,9 +281,11 @@ def report(cfg: DictConfig, results: Path, out: Path) -> dict:
         e = edges[edges.model == model]
         for kind in ("heads", "neurons"):
             sub = e[e.unit_kind == kind]
-            frac = float(np.average(sub.frac_indist, weights=sub.n_edges)) if len(sub) else float("nan")
-            macros[_m(model, "IndistEdges", kind)] = tex.pct(frac)
-            cells.append(tex.pct(frac))
+            for test in ("", "_value", "_drift"):
+                frac = float(np.average(sub[f"frac_indist{test}"], weights=sub.n_edges)) if len(sub) else math.nan
+                macros[_m(model, "IndistEdges", test, kind)] = tex.pct(frac)
+                if not test:
+                    cells.append(tex.pct(frac))
         rows_indist.append(cells)
     ranking = tests[tests.row_type == "ranking"].set_index("model").spearman_magnitude
     for model in models:
@@ -296,11 +305,18 @@ def report(cfg: DictConfig, results: Path, out: Path) -> dict:
     empirical = matrices[matrices.value_null == "empirical"]
     macros[_m("ValueEmpiricalFloor")] = tex.pval(float(empirical.value_smallest_p.max())) if len(empirical) else tex.DASH
     metrics["value_null_normal_fraction"] = float((matrices.value_null == "normal").mean())
+    # the drift test's null per matrix, where a noise twin exists: normal or empirical, as for the value test
+    twinned = matrices[matrices.drift_null != "none"]
+    macros[_m("DriftNullNormal")] = tex.integer(int((twinned.drift_null == "normal").sum()))
+    macros[_m("DriftNullTotal")] = tex.integer(len(twinned))
+    empirical = twinned[twinned.drift_null == "empirical"]
+    macros[_m("DriftEmpiricalFloor")] = tex.pval(float(empirical.drift_smallest_p.max())) if len(empirical) else tex.DASH
     write_text(out / "tables" / "indistinguishable.tex", tex.booktabs(
-        ["model", "null", *[TYPE_LABELS[t] for t in MATRIX_TYPES], "all", "value", "drift", "head edges", "neuron edges"],
-        rows_indist, "ll" + "r" * 9,
-        header_rows=[["", "", r"\multicolumn{4}{c}{entries, both tests}", r"\multicolumn{3}{c}{all entries}",
-                      r"\multicolumn{2}{c}{edges}"]]))
+        ["model", "step 0", "noise twin", *[TYPE_LABELS[t] for t in MATRIX_TYPES], "all", "value", "drift",
+         "head edges", "neuron edges"],
+        rows_indist, "lll" + "r" * 9,
+        header_rows=[["", r"\multicolumn{2}{c}{nulls}", r"\multicolumn{4}{c}{entries, both tests}",
+                      r"\multicolumn{3}{c}{all entries}", r"\multicolumn{2}{c}{edges, both tests}"]]))
 
     # --- annealing
     rows_anneal = []

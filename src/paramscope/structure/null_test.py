@@ -1,40 +1,43 @@
 """Which trained weights are statistically indistinguishable from their initialisation.
 
-The null is the model's real initialisation: the step-0 checkpoint of the same lineage (for the tiny
-study `scratch-step0`, which `gen2` and `tuned` share because they were fine-tuned from `scratch`; for
-Pythia its `step0` revision). Two tests per entry of every attention and MLP projection, each against
-a null built from the same matrix:
+Two reference checkpoints per model (`structure.null_models`, `structure.drift_references`):
 
-- **value test** (is w_T a plausible draw of this matrix's initialisation?). Null: the distribution of
-  the n0 step-0 entries of the same matrix, two-sided through magnitudes (every init the study meets
-  is symmetric about 0). Where the step-0 entries are consistent with a centred normal (Kolmogorov-
-  Smirnov against N(0, sigma0^2), sigma0 their RMS, p >= `NORMAL_FIT_ALPHA`; true of the normal
-  initialisations of every family here), the null is that normal: p = 2 Phi(-|w_T| / sigma0), whose
-  smallest attainable value is below 1e-300. Otherwise it is the empirical add-one tail
-  p = (1 + #{|w_0| >= |w_T|}) / (1 + n0), valid under the null but never below 1/(n0 + 1): with BH
-  over all of a model's entries (m of them) such an entry can only be rejected along with at least
-  m / ((n0 + 1) fdr) others, which is why the normal null is preferred where it holds.
-- **drift test** (did this entry move more than the diffuse drift every entry undergoes?). d = w_T - w_0.
-  Every entry drifts (weight decay, optimiser noise), so "no drift" is no null; the null is the drift
-  of entries that received no consistent, localised update. With one pair of checkpoints its scale can
-  only be estimated from the matrix itself, as Efron's empirical null: d ~ N(m, s^2) with m the median
-  and s = 1.4826 * MAD of the matrix's drifts, robust to the minority of entries that were learned.
-  p = 2 * Phi(-|d - m| / s). This is a *relative* test: it finds localised updates, and it cannot see
-  learning that moved every entry of a matrix alike. (s = 0, i.e. most entries did not move at all:
-  an entry with d = m has p = 1, any other p = 0.)
+- its **step-0 checkpoint**, the model's real initialisation (for the tiny study `scratch-step0`, which
+  `gen2` and `tuned` share because they were fine-tuned from `scratch`; for Pythia its `step0` revision);
+- its **noise twin** (`paramscope.models.noise_twin`): the same start trained with the same optimiser,
+  schedule and number of steps on uniformly random tokens, i.e. how far weights move when there is
+  nothing to learn. A model without one (Pythia's hub checkpoints: its recipe is not rerun here) gets no
+  drift test, and the value test decides alone; its rows say so (`drift_null` = "none").
+
+Two tests per entry of every attention and MLP projection, each against a null per matrix:
+
+- **value test** (is w_T a plausible draw of this matrix's initialisation?): the reference is the n
+  step-0 entries of the same matrix, centred at 0 (every init the study meets is symmetric about 0).
+- **drift test** (did d = w_T - w_0 move further than a weight moves without a learning signal?): the
+  reference is the twin's drifts d_ref = w_twin - w_0 of the same matrix, centred at their median. Not
+  the trained drifts themselves: a null scaled by them calls the bulk of every matrix null however far
+  it moved. Under AdamW a weight with zero-mean gradient noise still random-walks by about the learning
+  rate per step, so "no drift" is no null either.
+
+Each reference sample r is a two-sided null through |x - c| (`ReferenceNull`). Where r is consistent
+with a normal (Kolmogorov-Smirnov against N(c, s^2), s the RMS of r - c, p >= `NORMAL_FIT_ALPHA`; true of
+the step-0 entries of every family here, and of some twins' drifts), p = 2 Phi(-|x - c| / s), whose
+smallest attainable value is below 1e-300. Otherwise it is the empirical add-one tail p = (1 + #{|r - c| >= |x - c|}) / (1 + n),
+valid under the null but never below 1/(n + 1): with BH over all of a model's entries (m of them) such an
+entry can only be rejected along with at least m / ((n + 1) fdr) others, which is why the normal is
+preferred where it holds.
 
 Benjamini-Hochberg q-values are taken across all tested entries of the model, per test. An entry is
-*indistinguishable* when neither test rejects at the FDR level (q > fdr for both). For annealing the
-two are merged into one evidence score by Bonferroni: p = min(1, 2 min(p_value, p_drift)).
+*indistinguishable* when no test rejects at the FDR level. For annealing the two are merged into one
+evidence score by Bonferroni: p = min(1, 2 min(p_value, p_drift)) (p_value alone without a drift test).
 
-**Edges** (`units.py`: all entries of a block that link residual channel i and unit u) are tested with
-the same two nulls aggregated over the edge's entries, each entry standardised by its matrix:
+**Edges** (`units.py`: all entries of a block that link residual channel i and unit u) aggregate the
+same standardised entries, each null from the same statistic over every edge of the same kind (heads or
+neurons) in the same block, p = (1 + #{null >= statistic}) / (1 + n_edges):
 
-- value: T = sum (w_T / sigma_0)^2 with sigma_0 the RMS of the step-0 matrix. Null: the empirical
-  distribution of the same statistic computed from the step-0 weights over every edge of the same kind
-  (heads or neurons) in the same block; p = (1 + #{T_0 >= T}) / (1 + n_edges).
-- drift: D = sum ((d - m) / s)^2 over the edge's entries; under the entries' empirical nulls (independent
-  normals) D ~ chi^2 with as many degrees of freedom as the edge has entries.
+- value: T = sum (w_T / s_0)^2, s_0 the RMS of the step-0 matrix; null: T of the step-0 weights.
+- drift: D = sum ((d - c) / s)^2, c and s the centre and RMS of the twin's drifts of the matrix; null: D
+  of the twin's drifts.
 
 Biases, norms, embeddings and the unembedding are not tested: their step-0 values are constants
 (norms 1, biases 0) or they are not part of a block's unit structure.
@@ -42,7 +45,7 @@ Biases, norms, embeddings and the unembedding are not tested: their step-0 value
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,69 +55,94 @@ from scipy import stats
 from paramscope.stats import benjamini_hochberg
 from paramscope.structure.units import MatrixRole
 
-MAD_TO_SD = 1.4826  # the MAD of a normal distribution is 0.6745 sd
+Matrices = Mapping[str, np.ndarray]  # matrix name -> (d_out, d_in) array
 
-
-# A step-0 matrix whose entries a KS test rejects as N(0, sigma0^2) at this level takes the empirical null.
+# A reference sample that a KS test rejects as N(c, s^2) at this level takes the empirical null.
 NORMAL_FIT_ALPHA = 1e-3
 
 
-@dataclass(frozen=True)
-class ValueNull:
-    """The value test's null for one matrix: `normal` (N(0, sigma0^2)) or `empirical` (the step-0 entries)."""
+@dataclass(frozen=True, eq=False)
+class ReferenceNull:
+    """A two-sided null for one matrix: `normal` (N(centre, scale^2)) or `empirical` (the reference sample)."""
 
     kind: str
-    sigma0: float
-    ks_p: float  # KS test of the step-0 entries against N(0, sigma0^2)
-    n0: int
+    centre: float
+    scale: float  # RMS of the reference about the centre
+    ks_p: float  # KS test of the reference against N(centre, scale^2)
+    n: int  # size of the reference sample
+    deviations: np.ndarray | None  # |reference - centre|, sorted (the empirical null only)
 
     @property
     def smallest_p(self) -> float:
-        """The smallest p-value this null can give (the normal tail's underflow; 1/(n0+1) empirically)."""
-        return float(np.finfo(np.float64).tiny) if self.kind == "normal" else 1.0 / (self.n0 + 1)
+        """The smallest p-value this null can give (the normal tail's underflow; 1/(n+1) empirically)."""
+        return float(np.finfo(np.float64).tiny) if self.kind == "normal" else 1.0 / (self.n + 1)
+
+    def standardised(self, x: np.ndarray) -> np.ndarray:
+        """|x - centre| / scale; where the reference never moved, 0 at the centre and inf elsewhere."""
+        deviation = np.abs(np.asarray(x, dtype=np.float64) - self.centre)
+        if self.scale > 0:
+            return deviation / self.scale
+        return np.where(deviation > 0, np.inf, 0.0)
+
+    def pvalues(self, x: np.ndarray) -> np.ndarray:
+        if self.kind == "normal":
+            return np.minimum(1.0, 2.0 * stats.norm.sf(self.standardised(x)))
+        return _upper_tail(self.deviations, np.abs(np.asarray(x, dtype=np.float64) - self.centre))
 
 
-def value_null(init: np.ndarray) -> ValueNull:
-    w0 = np.asarray(init, dtype=np.float64).ravel()
-    sigma0 = float(np.sqrt(np.mean(np.square(w0))))
-    ks_p = float(stats.kstest(w0, "norm", args=(0.0, sigma0)).pvalue) if sigma0 > 0 else 0.0
-    return ValueNull("normal" if ks_p >= NORMAL_FIT_ALPHA else "empirical", sigma0, ks_p, w0.size)
+def _upper_tail(null_sorted: np.ndarray, statistic: np.ndarray) -> np.ndarray:
+    """Add-one empirical p-value of each statistic against a sorted null sample: (1 + #{null >= s}) / (1 + n)."""
+    at_least = null_sorted.size - np.searchsorted(null_sorted, statistic, side="left")
+    return (1.0 + at_least) / (1.0 + null_sorted.size)
 
 
-def value_pvalues(trained: np.ndarray, init: np.ndarray) -> np.ndarray:
-    """Two-sided tail p-value of every trained entry under its matrix's step-0 null (module docstring)."""
-    magnitude = np.abs(np.asarray(trained, dtype=np.float64))
-    null = value_null(init)
-    if null.kind == "normal":
-        return np.minimum(1.0, 2.0 * stats.norm.sf(magnitude / null.sigma0))
-    step0 = np.sort(np.abs(np.asarray(init, dtype=np.float64).ravel()))
-    at_least = step0.size - np.searchsorted(step0, magnitude, side="left")
-    return (1.0 + at_least) / (1.0 + step0.size)
+def reference_null(sample: np.ndarray, centre: float) -> ReferenceNull:
+    r = np.asarray(sample, dtype=np.float64).ravel()
+    scale = float(np.sqrt(np.mean(np.square(r - centre))))
+    ks_p = float(stats.kstest(r, "norm", args=(centre, scale)).pvalue) if scale > 0 else 0.0
+    if ks_p >= NORMAL_FIT_ALPHA:
+        return ReferenceNull("normal", centre, scale, ks_p, r.size, None)
+    return ReferenceNull("empirical", centre, scale, ks_p, r.size, np.sort(np.abs(r - centre)))
 
 
-def drift_null(drift: np.ndarray) -> tuple[float, float]:
-    """(centre, scale) of the empirical null of a matrix's drifts: median and 1.4826 * MAD."""
-    centre = float(np.median(drift))
-    return centre, MAD_TO_SD * float(np.median(np.abs(drift - centre)))
+def value_null(init: np.ndarray) -> ReferenceNull:
+    """The value test's null: the step-0 entries of the matrix, about 0."""
+    return reference_null(init, 0.0)
 
 
-def _drift_z(drift: np.ndarray) -> np.ndarray:
-    centre, scale = drift_null(drift)
-    deviation = np.abs(drift - centre)
-    if scale > 0:
-        return deviation / scale
-    return np.where(deviation > 0, np.inf, 0.0)
-
-
-def drift_pvalues(trained: np.ndarray, init: np.ndarray) -> np.ndarray:
-    """Two-sided p-value of every entry's drift under its matrix's empirical null (module docstring)."""
-    drift = np.asarray(trained, dtype=np.float64) - np.asarray(init, dtype=np.float64)
-    return 2.0 * stats.norm.sf(_drift_z(drift))
+def drift_null(reference_drift: np.ndarray) -> ReferenceNull:
+    """The drift test's null: the noise twin's drifts of the matrix, about their median."""
+    return reference_null(reference_drift, float(np.median(reference_drift)))
 
 
 def combined_pvalues(p_value: np.ndarray, p_drift: np.ndarray) -> np.ndarray:
     """Bonferroni of the two tests: evidence that an entry was learned, by either test."""
     return np.minimum(1.0, 2.0 * np.minimum(p_value, p_drift))
+
+
+@dataclass(frozen=True)
+class Weights:
+    """One model's projections, matrix by matrix: trained, at step 0, and its noise twin's (None: no twin)."""
+
+    trained: Matrices
+    init: Matrices
+    noise_twin: Matrices | None
+
+    def __post_init__(self) -> None:
+        for label, other in (("step-0", self.init), ("noise twin", self.noise_twin)):
+            if other is None:
+                continue
+            if set(self.trained) != set(other):
+                raise ValueError(f"trained and {label} matrices differ: {sorted(set(self.trained) ^ set(other))}")
+            for name, w in self.trained.items():
+                if w.shape != other[name].shape:
+                    raise ValueError(f"{name}: trained shape {w.shape} != {label} shape {other[name].shape}")
+
+    def drift(self, name: str) -> np.ndarray:
+        return self.trained[name].astype(np.float64) - self.init[name]
+
+    def twin_drift(self, name: str) -> np.ndarray:
+        return self.noise_twin[name].astype(np.float64) - self.init[name]
 
 
 def _bh_per_matrix(p: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -129,98 +157,122 @@ def _bh_per_matrix(p: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 @dataclass
-class EntryTests:
-    """Per-entry p- and q-values of both tests, matrix by matrix, as (d_out, d_in) arrays."""
+class EntryTest:
+    """One test on every entry: its null per matrix, and p- and q-values as (d_out, d_in) arrays."""
 
-    p_value: dict[str, np.ndarray]
-    p_drift: dict[str, np.ndarray]
-    q_value: dict[str, np.ndarray]
-    q_drift: dict[str, np.ndarray]
+    nulls: dict[str, ReferenceNull]
+    p: dict[str, np.ndarray]
+    q: dict[str, np.ndarray]
+
+    @classmethod
+    def run(cls, nulls: dict[str, ReferenceNull], subject: Mapping[str, np.ndarray]) -> EntryTest:
+        p = {n: nulls[n].pvalues(x) for n, x in subject.items()}
+        return cls(nulls, p, _bh_per_matrix(p))
+
+
+@dataclass
+class EntryTests:
+    """Both tests of one model; `drift` is None where the model has no noise twin."""
+
+    value: EntryTest
+    drift: EntryTest | None
     fdr: float
 
     def indistinguishable(self, name: str) -> np.ndarray:
-        return (self.q_value[name] > self.fdr) & (self.q_drift[name] > self.fdr)
+        kept = self.value.q[name] > self.fdr
+        return kept if self.drift is None else kept & (self.drift.q[name] > self.fdr)
 
     def combined(self, name: str) -> np.ndarray:
-        return combined_pvalues(self.p_value[name], self.p_drift[name])
+        p = self.value.p[name]
+        return p if self.drift is None else combined_pvalues(p, self.drift.p[name])
 
 
-def entry_tests(trained: Mapping[str, np.ndarray], init: Mapping[str, np.ndarray], fdr: float) -> EntryTests:
-    """Both tests on every entry of every matrix (same names and shapes in `trained` and `init`)."""
-    if set(trained) != set(init):
-        raise ValueError(f"trained and step-0 matrices differ: {sorted(set(trained) ^ set(init))}")
-    for name in trained:
-        if trained[name].shape != init[name].shape:
-            raise ValueError(f"{name}: trained shape {trained[name].shape} != step-0 shape {init[name].shape}")
-    p_value = {n: value_pvalues(trained[n], init[n]) for n in trained}
-    p_drift = {n: drift_pvalues(trained[n], init[n]) for n in trained}
-    return EntryTests(p_value, p_drift, _bh_per_matrix(p_value), _bh_per_matrix(p_drift), fdr)
+def entry_tests(weights: Weights, fdr: float) -> EntryTests:
+    """Both tests on every entry of every matrix (the drift test only where there is a twin)."""
+    names = list(weights.trained)
+    value = EntryTest.run({n: value_null(weights.init[n]) for n in names}, weights.trained)
+    drift = None
+    if weights.noise_twin is not None:
+        drift = EntryTest.run({n: drift_null(weights.twin_drift(n)) for n in names},
+                              {n: weights.drift(n) for n in names})
+    return EntryTests(value, drift, fdr)
 
 
-def matrix_table(tests: EntryTests, trained: Mapping[str, np.ndarray], init: Mapping[str, np.ndarray],
-                 roles: Mapping[str, MatrixRole]) -> pd.DataFrame:
-    """One row per matrix: the indistinguishable fractions under each test and under both."""
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+
+
+def matrix_table(tests: EntryTests, weights: Weights, roles: Mapping[str, MatrixRole]) -> pd.DataFrame:
+    """One row per matrix: the indistinguishable fractions under each test and under both, and both nulls."""
     rows = []
     for name, role in roles.items():
-        centre, scale = drift_null(trained[name].astype(np.float64) - init[name])
-        null = value_null(init[name])
+        value, drift = tests.value.nulls[name], tests.drift.nulls[name] if tests.drift else None
         rows.append({
-            "matrix": name, "layer": role.layer, "matrix_type": role.matrix_type, "n": int(trained[name].size),
-            "frac_indist_value": float(np.mean(tests.q_value[name] > tests.fdr)),
-            "frac_indist_drift": float(np.mean(tests.q_drift[name] > tests.fdr)),
+            "matrix": name, "layer": role.layer, "matrix_type": role.matrix_type, "n": int(weights.trained[name].size),
+            "frac_indist_value": float(np.mean(tests.value.q[name] > tests.fdr)),
+            "frac_indist_drift": float(np.mean(tests.drift.q[name] > tests.fdr)) if drift else float("nan"),
             "frac_indist": float(np.mean(tests.indistinguishable(name))),
-            "init_rms": float(np.sqrt(np.mean(np.square(init[name], dtype=np.float64)))),
-            "trained_rms": float(np.sqrt(np.mean(np.square(trained[name], dtype=np.float64)))),
-            "drift_centre": centre, "drift_scale": scale,
-            "value_null": null.kind, "init_ks_p": null.ks_p, "value_smallest_p": null.smallest_p,
+            "init_rms": value.scale, "trained_rms": _rms(weights.trained[name]), "drift_rms": _rms(weights.drift(name)),
+            "value_null": value.kind, "init_ks_p": value.ks_p, "value_smallest_p": value.smallest_p,
+            "drift_null": drift.kind if drift else "none",
+            "drift_ref_centre": drift.centre if drift else float("nan"),
+            "drift_ref_scale": drift.scale if drift else float("nan"),
+            "drift_ref_ks_p": drift.ks_p if drift else float("nan"),
+            "drift_smallest_p": drift.smallest_p if drift else float("nan"),
         })
     return pd.DataFrame(rows)
 
 
-def _edge_statistics(trained: Mapping[str, np.ndarray], init: Mapping[str, np.ndarray],
-                     roles: list[MatrixRole], n_edges: int, n_units: int) -> tuple[np.ndarray, ...]:
-    """Per edge of one (layer, kind): T (trained), T_0 (step 0), D and the number of entries."""
-    t_trained, t_init, d_stat, count = (np.zeros(n_edges) for _ in range(4))
+def _edge_sums(entries: Callable[[str], np.ndarray], roles: list[MatrixRole], n_edges: int, n_units: int) -> np.ndarray:
+    """Per edge of one (layer, kind): the sum of `entries(matrix)` over the edge's entries in every matrix."""
+    total = np.zeros(n_edges)
     for role in roles:
-        w, w0 = trained[role.name].astype(np.float64), init[role.name].astype(np.float64)
-        residual, unit = role.residual_and_unit(w.shape)
-        edge = (residual * n_units + unit).ravel()
-        sigma0 = np.sqrt(np.mean(np.square(w0)))
-        t_trained += np.bincount(edge, weights=np.square(w / sigma0).ravel(), minlength=n_edges)
-        t_init += np.bincount(edge, weights=np.square(w0 / sigma0).ravel(), minlength=n_edges)
-        d_stat += np.bincount(edge, weights=np.square(_drift_z(w - w0)).ravel(), minlength=n_edges)
-        count += np.bincount(edge, minlength=n_edges)
-    return t_trained, t_init, d_stat, count
+        x = entries(role.name)
+        residual, unit = role.residual_and_unit(x.shape)
+        total += np.bincount((residual * n_units + unit).ravel(), weights=x.ravel(), minlength=n_edges)
+    return total
 
 
-def edge_tests(trained: Mapping[str, np.ndarray], init: Mapping[str, np.ndarray],
-               roles: Mapping[str, MatrixRole], d_model: int, units: Mapping[tuple[int, str], int],
-               fdr: float) -> pd.DataFrame:
-    """One row per (layer, kind): edge counts and indistinguishable fractions (BH across all edges).
+def _squared(null: ReferenceNull, x: np.ndarray) -> np.ndarray:
+    return np.square(null.standardised(x))
+
+
+def edge_tests(tests: EntryTests, weights: Weights, roles: Mapping[str, MatrixRole], d_model: int,
+               units: Mapping[tuple[int, str], int]) -> pd.DataFrame:
+    """One row per (layer, kind): edge counts and indistinguishable fractions (BH across all edges, per test).
 
     `units[(layer, kind)]` is the number of units of that kind in that layer.
     """
-    groups: list[tuple[int, str, np.ndarray, np.ndarray, np.ndarray]] = []
+    value = tests.value.nulls
+    statistics = {  # per test: the squared standardised entries of the subject and of its reference
+        "value": (lambda n: _squared(value[n], weights.trained[n]), lambda n: _squared(value[n], weights.init[n])),
+    }
+    if tests.drift is not None:
+        drift = tests.drift.nulls
+        statistics["drift"] = (lambda n: _squared(drift[n], weights.drift(n)),
+                               lambda n: _squared(drift[n], weights.twin_drift(n)))
+    groups: list[tuple[int, str, np.ndarray, dict[str, np.ndarray]]] = []
     for (layer, kind), n_units in sorted(units.items()):
         members = [r for r in roles.values() if r.layer == layer and r.kind == kind]
         if not members:
             continue
-        t, t0, d, count = _edge_statistics(trained, init, members, d_model * n_units, n_units)
-        null = np.sort(t0)
-        p_value = (1.0 + null.size - np.searchsorted(null, t, side="left")) / (1.0 + null.size)
-        p_drift = stats.chi2.sf(d, count)
-        groups.append((layer, kind, p_value, p_drift, count))
-    q_value = benjamini_hochberg(np.concatenate([g[2] for g in groups]))
-    q_drift = benjamini_hochberg(np.concatenate([g[3] for g in groups]))
+        n_edges = d_model * n_units
+        p = {test: _upper_tail(np.sort(_edge_sums(reference, members, n_edges, n_units)),
+                               _edge_sums(subject, members, n_edges, n_units))
+             for test, (subject, reference) in statistics.items()}
+        count = _edge_sums(lambda n: np.ones(weights.trained[n].shape), members, n_edges, n_units)
+        groups.append((layer, kind, count, p))
+    q = {test: benjamini_hochberg(np.concatenate([g[3][test] for g in groups])) for test in statistics}
     rows, start = [], 0
-    for layer, kind, p_value, _, count in groups:
-        stop = start + p_value.size
-        qv, qd = q_value[start:stop], q_drift[start:stop]
+    for layer, kind, count, _ in groups:
+        stop = start + count.size
+        kept = {test: q[test][start:stop] > tests.fdr for test in statistics}
+        both = kept["value"] & kept["drift"] if "drift" in kept else kept["value"]
         rows.append({
-            "layer": layer, "unit_kind": kind, "n_edges": int(p_value.size), "params_per_edge": float(count.mean()),
-            "frac_indist_value": float(np.mean(qv > fdr)), "frac_indist_drift": float(np.mean(qd > fdr)),
-            "frac_indist": float(np.mean((qv > fdr) & (qd > fdr))),
+            "layer": layer, "unit_kind": kind, "n_edges": int(count.size), "params_per_edge": float(count.mean()),
+            "frac_indist_value": float(np.mean(kept["value"])),
+            "frac_indist_drift": float(np.mean(kept["drift"])) if "drift" in kept else float("nan"),
+            "frac_indist": float(np.mean(both)),
         })
         start = stop
     return pd.DataFrame(rows)
-

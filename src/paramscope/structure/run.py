@@ -3,7 +3,8 @@
 Cells (one Parquet file each, keyed by content; an existing cell is skipped):
 
 - ``tests``: per matrix (``row_type=matrix``) and per (layer, unit kind) edge group (``row_type=edges``),
-  the fractions indistinguishable from the step-0 null (`null_test`).
+  the fractions indistinguishable from initialisation under the value test (step-0 null), the drift test
+  (noise-twin null) and both (`null_test`).
 - ``weibull``: per 2-D weight matrix of a model (`weibull`); ``step=step0`` for a null model,
   ``trained`` otherwise.
 - ``anneal``: the dev curve of annealing and its magnitude control (one row per method, step and task,
@@ -56,6 +57,7 @@ from paramscope.structure.components import (
 )
 from paramscope.structure.null_test import (
     EntryTests,
+    Weights,
     edge_tests,
     entry_tests,
     matrix_table,
@@ -65,7 +67,7 @@ from paramscope.structure.weibull import fit_weibull
 
 log = logging.getLogger(__name__)
 
-ROW_SCHEMA = 3  # bump when rows change shape or meaning, so that older cells are recomputed
+ROW_SCHEMA = 4  # bump when rows change shape or meaning, so that older cells are recomputed
 
 
 def requested_models(cfg: DictConfig) -> list[str]:
@@ -99,7 +101,13 @@ def check_request(cfg: DictConfig) -> list[str]:
     if missing:
         raise StudyError(f"no step-0 null model for {', '.join(missing)}; set structure.null_models.<model>; "
                          f"valid models with a null: {', '.join(s.null_models)}")
-    for name in {*models, *(s.null_models[m] for m in models)}:
+    missing = [m for m in models if m not in s.drift_references]
+    if missing:
+        raise StudyError(f"no drift reference for {', '.join(missing)}; set structure.drift_references.<model> to "
+                         f"its noise twin, or to null for the value test alone; models with an entry: "
+                         f"{', '.join(s.drift_references)}")
+    references = [s.drift_references[m] for m in models if s.drift_references[m] is not None]
+    for name in {*models, *(s.null_models[m] for m in models), *references}:
         zoo.resolve(name, Path(cfg.paths.models))
     return models
 
@@ -145,6 +153,7 @@ class ModelStudy:
     def __init__(self, cfg: DictConfig, name: str, tasks: list[str]) -> None:
         self.cfg, self.name = cfg, name
         self.null_name = cfg.structure.null_models[name]
+        self.drift_reference = cfg.structure.drift_references[name]
         root = Path(cfg.paths.models)
         self.model, tokenizer = zoo.load(name, root, device=cfg.device)
         null_model, _ = zoo.load(self.null_name, root, device="cpu")
@@ -153,6 +162,15 @@ class ModelStudy:
         self.weights = projection_weights(self.adapter)
         self.init = projection_weights(get_adapter(null_model))
         self.digest, self.null_digest = zoo.digest(self.model), zoo.digest(null_model)
+        noise_twin = None
+        if self.drift_reference is None:
+            log.warning("%s: no drift reference (structure.drift_references); the value test decides alone", name)
+            self.drift_reference_digest = "none"
+        else:
+            twin_model, _ = zoo.load(self.drift_reference, root, device="cpu")
+            noise_twin = projection_weights(get_adapter(twin_model))
+            self.drift_reference_digest = zoo.digest(twin_model)
+        self.checkpoints = Weights(self.weights, self.init, noise_twin)
         self.units = {(layer, kind): n_units(self.adapter, layer, kind)
                       for layer in range(self.adapter.n_layers) for kind in KINDS}
         self.docs = {split: {t: task_docs(cfg, t, split, tokenizer).docs for t in tasks} for split in ("dev", "test")}
@@ -162,12 +180,13 @@ class ModelStudy:
 
     @property
     def meta(self) -> dict[str, str]:
-        return {"model": self.name, "digest": self.digest, "null_model": self.null_name, "null_digest": self.null_digest}
+        return {"model": self.name, "digest": self.digest, "null_model": self.null_name, "null_digest": self.null_digest,
+                "drift_reference": self.drift_reference or "none", "drift_reference_digest": self.drift_reference_digest}
 
     @property
     def tests(self) -> EntryTests:
         if self._tests is None:
-            self._tests = entry_tests(self.weights, self.init, self.fdr)
+            self._tests = entry_tests(self.checkpoints, self.fdr)
         return self._tests
 
     @property
@@ -180,8 +199,8 @@ class ModelStudy:
         return run
 
     def test_rows(self) -> pd.DataFrame:
-        matrices = matrix_table(self.tests, self.weights, self.init, self.roles).assign(row_type="matrix")
-        edges = edge_tests(self.weights, self.init, self.roles, self.adapter.d_model, self.units, self.fdr)
+        matrices = matrix_table(self.tests, self.checkpoints, self.roles).assign(row_type="matrix")
+        edges = edge_tests(self.tests, self.checkpoints, self.roles, self.adapter.d_model, self.units)
         names = list(self.weights)
         evidence = np.concatenate([-np.log10(self.tests.combined(n)).ravel() for n in names])
         magnitude = np.concatenate([np.abs(self.weights[n]).ravel() for n in names])
@@ -313,10 +332,11 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, float]:
 
     for name in models:
         study = ModelStudy(cfg, name, tasks)
+        refs = {"digest": study.digest, "null": study.null_digest, "drift_reference": study.drift_reference_digest}
         jobs = {
-            "tests": (cell("tests", digest=study.digest, null=study.null_digest, fdr=spec["fdr"]), study.test_rows),
-            "anneal": (cell("anneal", digest=study.digest, null=study.null_digest, **spec), study.anneal_rows),
-            "components": (cell("components", digest=study.digest, null=study.null_digest, **spec), study.component_rows),
+            "tests": (cell("tests", **refs, fdr=spec["fdr"]), study.test_rows),
+            "anneal": (cell("anneal", **refs, **spec), study.anneal_rows),
+            "components": (cell("components", **refs, **spec), study.component_rows),
         }
         for kind, (path, make) in jobs.items():
             if cell_done(path):
@@ -327,9 +347,12 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, float]:
             write_cell(df.assign(**study.meta, **settings, kind=kind, cell=path.stem), path)
             counts["computed"] += 1
             if kind == "tests":
-                frac = float(np.average(df.frac_indist[df.row_type == "matrix"], weights=df.n[df.row_type == "matrix"]))
-                summary[f"{name}/indistinguishable"] = frac
-                log.info("%s: %.1f%% of projection entries indistinguishable from %s", name, 100 * frac, study.null_name)
+                m = df[df.row_type == "matrix"]
+                frac = {test: float(np.average(m[f"frac_indist{test}"], weights=m.n)) for test in ("", "_value", "_drift")}
+                summary.update({f"{name}/indistinguishable{test}": f for test, f in frac.items()})
+                log.info("%s: %.1f%% of projection entries indistinguishable from initialisation (value test against "
+                         "%s: %.1f%%; drift test against %s: %.1f%%)", name, 100 * frac[""], study.null_name,
+                         100 * frac["_value"], study.drift_reference or "none", 100 * frac["_drift"])
             elif kind == "anneal":
                 chosen = study.annealing.accepted("anneal")
                 summary[f"{name}/anneal_sparsity"] = chosen.sparsity if chosen else 0.0
