@@ -48,14 +48,14 @@ def test_repro_builds_every_output(study):
         assert (study / out).is_file(), out
     assert any((study / "reports" / "figures").glob("*.pdf"))
     ablate = pd.concat(pd.read_parquet(p) for p in (study / "results" / "ablate").glob("*.parquet"))
-    assert set(ablate.group) == {"heads", "layers", "attn", "mlp", "neurons", "matrix", "magnitude", "magnitude_matrix",
-                                 "random", "pairs"}
+    assert set(ablate.group) == {"heads", "layers", "attn", "mlp", "neurons", "single_neurons", "neuron_clusters",
+                                 "matrix", "magnitude", "magnitude_matrix", "random", "pairs"}
     assert set(ablate.op) == {"zero", "scale", "mean", "noise", "resample"}
     assert set(ablate.model) == {"scratch", "gen2", "tuned"}
     for topic in ("transplant", "structure", "optimize", "vps"):
         assert any((study / "results" / topic).glob("*.parquet")), topic
         assert (study / "reports" / topic / "macros.tex").is_file(), topic
-    screened = (ablate.op == "zero") & ablate.group.isin(["heads", "neurons"])
+    screened = (ablate.op == "zero") & ablate.group.isin(["heads", "neurons", "single_neurons", "neuron_clusters"])
     assert ablate.loc[screened, "screen_delta_gold_ll"].notna().all()
     assert ablate.loc[~screened, "screen_delta_gold_ll"].isna().all()
     screen = pd.read_csv(study / "reports" / "data" / "screen_agreement.csv")
