@@ -24,7 +24,8 @@ HEADLINE = [
     r"^pairs/",
     r"^optimize/",
     r"^transplant/.*(recovery|vs_random)",
-    r"^structure/scratch/indist$",
+    r"^structure/scratch/indist(_value|_drift)?$",
+    r"^structure/scratch/drift_rms_over_twin$",
     r"^structure/scratch/.*sparsity_dev$",
     r"^vps/",
 ]

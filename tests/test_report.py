@@ -92,8 +92,11 @@ def make_results(root: Path, seed: int = 0, n: int = 60, layers: int = 2, heads:
     kinds = [("zero", 0.0, g) for g in units] + [("scale", v, g) for v in scale_values for g in ("heads", "layers")]
     if full_grid:  # every other map type of the DVC grid: replacements, weight groups (as in params.yaml)
         units.update({g: [(-1, b, 100) for b in range(4)] for g in ("matrix", "magnitude", "random")})
+        units.update(single_neurons=[(lay, n, 1) for lay in range(layers) for n in (0, 7)],
+                     neuron_clusters=[(lay, c, 16) for lay in range(layers) for c in (0, 16)])
         kinds += [("mean", 0.0, g) for g in ("heads", "layers")] + [("resample", 0.0, g) for g in ("heads", "layers")]
         kinds += [("noise", 1.0, "heads")] + [("zero", 0.0, g) for g in ("matrix", "magnitude", "random")]
+        kinds += [("zero", 0.0, g) for g in ("single_neurons", "neuron_clusters")]  # zero maps only
     for model in MODELS:
         for t, task in enumerate(tasks):
             for split in SPLITS:
@@ -116,7 +119,7 @@ def make_results(root: Path, seed: int = 0, n: int = 60, layers: int = 2, heads:
                         row.update(stats, n_units=n_units, delta_loss=float(flip.mean()))
                         if group in ("magnitude", "random"):
                             row["unit_name"] = f"{'attn' if unit < 2 else 'mlp'} bin {unit % 2} of 2"
-                        if full_grid and op == "zero" and group in ("heads", "neurons"):
+                        if full_grid and op == "zero" and group in ("heads", "neurons", "single_neurons"):
                             row["screen_delta_gold_ll"] = -float(flip.mean()) + 0.01 * rng.standard_normal()
                         rows.append(row)
                     write_map(root, rows)
