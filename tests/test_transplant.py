@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import make_cfg
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from paramscope.errors import StudyError
 from paramscope.evaluation.requests import Doc
@@ -32,6 +32,7 @@ from paramscope.transplant.select import (
     random_order,
     rank_modules,
 )
+from paramscope.transplant.vocabulary import compare_vocabularies
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:The set_bad function:PendingDeprecationWarning")
@@ -278,6 +279,63 @@ def test_a_mismatched_pair_is_refused_before_anything_is_written(study, tmp_path
     with pytest.raises(StudyError, match=refusal):
         grid.run_grid(cfg(f"paths.models={models}", "k=2"), tmp_path / "results")
     assert not (tmp_path / "results").exists()
+
+
+def _pair_with_gen2_tokenizer(tmp, tmp_path, edit) -> Path:
+    """scratch and gen2 as random models with one padded vocabulary (as Qwen2 and Qwen2.5 pad theirs), gen2
+    saved with its tokenizer changed by `edit`."""
+    base = AutoTokenizer.from_pretrained(tmp / "models" / "scratch")
+    changed = copy.deepcopy(base)
+    edit(changed)
+    vocab = max(len(base), len(changed)) + 2
+    models = tmp_path / "models"
+    for seed, (name, tokenizer) in enumerate([("scratch", base), ("gen2", changed), ("tuned", base)]):
+        save_model(tiny_random_model("gpt_neox", seed, vocab), tokenizer, models / name, {})
+    return models
+
+
+def test_added_special_tokens_absent_from_the_text_are_named_and_allowed(study, tmp_path, caplog):
+    """Qwen2 -> Qwen2.5: one base vocabulary, different chat/tool markers added after it."""
+    cfg, tmp = study
+    models = _pair_with_gen2_tokenizer(tmp, tmp_path, lambda t: t.add_tokens(["<|tool|>"], special_tokens=True))
+    with caplog.at_level("WARNING", logger=grid.log.name):
+        counts = grid.run_grid(cfg(f"paths.models={models}", "k=2", "alpha=1"), tmp_path / "results")
+    assert counts["computed"] == 4
+    assert "the added tokens differ: 1 added only to gen2's ('<|tool|>')" in caplog.text
+
+
+def test_an_added_token_that_occurs_in_the_documents_is_refused(study, tmp_path):
+    cfg, tmp = study
+    tokenizer = AutoTokenizer.from_pretrained(tmp / "models" / "scratch")
+    first = task_docs(cfg(), "kv", "dev", tokenizer).docs[0]
+    # two adjacent words as one added token: matched before the words are split, so the text encodes differently
+    word = " ".join(tokenizer.decode(first.context).split()[:2])
+    models = _pair_with_gen2_tokenizer(tmp, tmp_path, lambda t: t.add_tokens([word]))
+    refusal = (f"^cannot transplant between gen2 and scratch on task 'kv': its dev documents encode differently "
+               f"under the two tokenizers \\(1 added only to gen2's \\('{word}'\\)\\)$")
+    with pytest.raises(StudyError, match=refusal):
+        grid.run_grid(cfg(f"paths.models={models}", "k=2"), tmp_path / "results")
+    assert not (tmp_path / "results").exists()
+
+
+def _word_level(vocab: list[str]) -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, models
+
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({t: i for i, t in enumerate(vocab)},
+                                                                             unk_token="<unk>")))
+
+
+def test_different_base_vocabularies_are_refused_and_added_tokens_are_compared_by_token_and_id():
+    a, b = _word_level(["<unk>", "x", "y", "z"]), _word_level(["<unk>", "x", "z", "y"])
+    with pytest.raises(StudyError, match=r"^cannot transplant between a and b: their base vocabularies differ in "
+                                         r"2 tokens \('y', 'z'\)"):
+        compare_vocabularies("a", a, "b", b)
+    same = _word_level(["<unk>", "x", "y", "z"])
+    assert not compare_vocabularies("a", a, "a2", same)
+    a.add_tokens(["<|im_start|>"], special_tokens=True)
+    same.add_tokens(["<|tool|>", "<|im_start|>"], special_tokens=True)  # same token, another id
+    difference = compare_vocabularies("a", a, "a2", same)
+    assert difference.only_a == ("<|im_start|>",) and difference.only_b == ("<|im_start|>", "<|tool|>")
 
 
 def test_the_report_writes_macros_tables_and_figures(study, first_run, tmp_path):

@@ -37,6 +37,7 @@ from paramscope.stats import (
 from paramscope.store import cell_done, cell_key, cell_path, write_cell
 from paramscope.transplant.apply import export_transplant, transplanted
 from paramscope.transplant.modules import Module, module_registry
+from paramscope.transplant.vocabulary import compare_vocabularies
 from paramscope.transplant.select import (
     RANKINGS,
     layer_matched,
@@ -117,10 +118,6 @@ def check_request(cfg: DictConfig) -> tuple[int | float, float, list[Pair], list
     tasks = list(cfg.tasks) if cfg.task is None else [cfg.task]
     check_choice("task", tasks[0], cfg.tasks)
     return k, alpha, pairs, tasks
-
-
-def _same_tokenizer(a, b) -> bool:
-    return a.get_vocab() == b.get_vocab()
 
 
 class PairTask:
@@ -286,6 +283,21 @@ def _export(cfg: DictConfig, state: PairTask, k: int, alpha: float) -> int:
     return made
 
 
+def _check_same_reading(cfg: DictConfig, pair: Pair, tok_a, tok_b, tasks: list[str], splits: list[str]) -> None:
+    """Both models must see each document as the same token ids (their documents are encoded once, with
+    the first model's tokenizer): one base vocabulary, and no differing added token in the text."""
+    a, b = pair.models
+    added = compare_vocabularies(a, tok_a, b, tok_b)
+    if not added:
+        return
+    log.warning("%s: the base vocabularies are equal; the added tokens differ: %s", pair.label, added.describe(a, b))
+    for task in tasks:
+        for split in splits:
+            if task_docs(cfg, task, split, tok_a).docs != task_docs(cfg, task, split, tok_b).docs:
+                raise StudyError(f"cannot transplant between {a} and {b} on task '{task}': its {split} documents "
+                                 f"encode differently under the two tokenizers ({added.describe(a, b)})")
+
+
 def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
     """Compute every missing cell of this job's (k, alpha); finished cells are found by key and skipped."""
     k_request, alpha, pairs, tasks = check_request(cfg)
@@ -295,14 +307,13 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
         zoo.resolve(name, root)
     loaded = {name: zoo.load(name, root, device=cfg.device) for name in names}
     digests = {name: zoo.digest(model) for name, (model, _) in loaded.items()}
+    t = cfg.transplant
+    splits = [s for s in ("dev", "test") if s in (*t.splits, *t.control_splits)]
     registries = {}
     for pair in pairs:  # refuse a mismatched pair before anything is written
         (a, tok_a), (b, tok_b) = loaded[pair.models[0]], loaded[pair.models[1]]
         registries[pair] = module_registry(a, b, pair.models)
-        if not _same_tokenizer(tok_a, tok_b):
-            raise StudyError(f"cannot transplant between {pair.label}: their tokenizers differ")
-    t = cfg.transplant
-    splits = [s for s in ("dev", "test") if s in (*t.splits, *t.control_splits)]
+        _check_same_reading(cfg, pair, tok_a, tok_b, tasks, splits)
     settings = {"stage": "transplant", "schema": ROW_SCHEMA, "seed": cfg.seed, "n_resamples": t.n_resamples,
                 "workload": WORKLOAD, "alpha": alpha, **split_definition(cfg)}
     counts = {"computed": 0, "skipped": 0, "k_too_large": 0, "exported": 0}
