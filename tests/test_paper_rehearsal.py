@@ -125,3 +125,19 @@ def test_the_task_choice_tests_multiple_choice_tasks_only(rehearsal):
                                  "hellaswag"}
     assert pd.isna(choice.loc["lambada_openai", "p"]) and not choice.loc["lambada_openai", "kept"]
     assert choice.drop(index="lambada_openai").p.between(0, 1).all()
+
+
+def test_importance_is_compared_across_the_two_ablated_models(rehearsal):
+    """The paper atlas maps two models of one shape, so every task's maps are correlated across models."""
+    import pandas as pd
+
+    rho = pd.read_csv(rehearsal / "reports" / "data" / "spearman.csv")
+    across = rho[(rho.kind == "model") & (rho.group == "heads")]
+    profile = yaml.safe_load((rehearsal / "conf" / "profile" / "paper.yaml").read_text())["ablate"]
+    assert sorted(set(across.scope)) == sorted(profile["tasks"])
+    assert {frozenset(p) for p in zip(across.a, across.b)} == {frozenset(profile["models"])}
+    shape = tiny_random_model("gpt_neox", 0, 16).config  # the stand-ins' shape
+    assert (across.n_units == shape.num_hidden_layers * shape.num_attention_heads).all()  # every head matched
+    metrics = json.loads((rehearsal / "reports" / "metrics.json").read_text())
+    assert {f"spearman_models/heads/{t}/mean_rho" for t in profile["tasks"]} <= metrics.keys()
+    assert (rehearsal / "reports" / "figures" / "spearman_heads_models.pdf").is_file()

@@ -610,6 +610,8 @@ def build_metrics(rep: Reports, s: Settings) -> dict[str, float | int | None]:
         out[f"atlas/all/{label}/n_sig"] = _r(g["n_sig"].sum())
     for (group, model), g in rep.spearman[rep.spearman["kind"] == "task"].groupby(["group", "scope"], sort=False):
         out[f"spearman/{group}/{model}/mean_rho"] = _r(g["rho"].mean())
+    for (group, task), g in rep.spearman[rep.spearman["kind"] == "model"].groupby(["group", "scope"], sort=False):
+        out[f"spearman_models/{group}/{task}/mean_rho"] = _r(g["rho"].mean())
     inter = rep.interactions[rep.interactions["split"] == s.split] if len(rep.interactions) else rep.interactions
     if len(inter):
         out["pairs/n"] = len(inter)
