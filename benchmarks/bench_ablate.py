@@ -40,8 +40,8 @@ import torch
 from paramscope.ablation.engine import DEFAULT_MAX_BATCH_TOKENS, fast_map
 from paramscope.ablation.interventions import apply
 from paramscope.ablation.units import unit_specs
-from paramscope.evaluation.requests import Doc
-from paramscope.evaluation.scorer import Scores, score
+from paramscope.evaluation.documents import Doc, Scores
+from paramscope.evaluation.scorer import score
 from paramscope.models.adapters import get_adapter
 
 TASK_NAMES = ("induction", "kv", "facts", "arith")

@@ -30,7 +30,7 @@ from paramscope.ablation.interventions import apply
 from paramscope.ablation.reference import resample_pool, site_stats
 from paramscope.ablation.units import unit_specs
 from paramscope.ablation.weights import edited, first_layer, weight_units
-from paramscope.evaluation.requests import Doc
+from paramscope.evaluation.documents import Doc
 from paramscope.evaluation.scorer import score
 from paramscope.models.adapters import get_adapter
 
@@ -65,11 +65,13 @@ def maps(adapter, dev_docs):
                                        weight_variant(adapter, u, "zero", 0.0)) for u in units]))
     means, _ = site_stats(adapter, dev_docs, "heads")
     specs = list(unit_specs(adapter, "heads", "mean", 0.0, 64))
-    out.append(("heads/mean", [(s.layer, lambda s=s: apply(adapter, [s], means=means), hook_variant(adapter, s, means=means))
+    out.append(("heads/mean", [(s.layer, lambda s=s: apply(adapter, [s], means=means),
+                                hook_variant(adapter, s, means=means))
                                for s in specs]))
     pool = resample_pool(adapter, dev_docs, "heads", seed=0)
     specs = list(unit_specs(adapter, "heads", "resample", 0.0, 64))
-    out.append(("heads/resample", [(s.layer, lambda s=s: apply(adapter, [s], pool=pool), hook_variant(adapter, s, pool=pool))
+    out.append(("heads/resample", [(s.layer, lambda s=s: apply(adapter, [s], pool=pool),
+                                    hook_variant(adapter, s, pool=pool))
                                    for s in specs]))
     return out
 

@@ -33,7 +33,8 @@ def batches(cfg, vocab: int, n: int, pad: int) -> list[torch.Tensor]:
     out = []
     for _ in range(n):
         ids = torch.randint(3, vocab, (cfg.train.batch_size, cfg.train.seq_len + 1), generator=gen)
-        lengths = torch.randint(int(0.6 * cfg.train.seq_len), cfg.train.seq_len + 2, (cfg.train.batch_size,), generator=gen)
+        lengths = torch.randint(int(0.6 * cfg.train.seq_len), cfg.train.seq_len + 2, (cfg.train.batch_size,),
+                                generator=gen)
         ids[torch.arange(ids.shape[1]) >= lengths[:, None]] = pad
         out.append(ids)
     return out

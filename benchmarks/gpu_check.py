@@ -43,8 +43,7 @@ from transformers import GPTNeoXForCausalLM
 from paramscope.ablation.engine import fast_map
 from paramscope.ablation.interventions import apply
 from paramscope.ablation.units import unit_specs
-from paramscope.evaluation.loglikelihood import ContinuationDoc
-from paramscope.evaluation.requests import Doc
+from paramscope.evaluation.documents import ContinuationDoc, Doc
 from paramscope.evaluation.scorer import score
 from paramscope.models.adapters import get_adapter
 from paramscope.models.random_models import FAMILIES, tiny_random_model
@@ -165,7 +164,8 @@ def check_training(cfg, sizes: Sizes, device: str, peak: float | None) -> None:
           f"seq {cfg.train.seq_len}, batch {sizes.batch}, bf16-mixed, {cfg.train.attn_implementation} attention")
     print(f"train: {sizes.steps - sizes.warmup} timed steps in {timer.seconds:.1f}s: tokens/s {tokens_per_s:,.0f}; "
           f"FLOPs/token {per_token / 1e9:.3f} GFLOP (6N + 12 L d T, N = {n_matmul / 1e6:.1f}M); "
-          f"achieved {achieved / 1e12:.2f} TFLOP/s; MFU {mfu}; final loss {float(trainer.callback_metrics.get('train/loss', float('nan'))):.3f}")
+          f"achieved {achieved / 1e12:.2f} TFLOP/s; MFU {mfu}; "
+          f"final loss {float(trainer.callback_metrics.get('train/loss', float('nan'))):.3f}")
     del trainer, module, model
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -276,7 +276,8 @@ def main() -> None:
     check_training(cfg, sizes, args.device, peak_flops(args.device, args.peak_tflops))
     worst = max(check_evaluation(cfg, sizes, args.device, args.batch_size), check_tiny_families(args.device))
     verdict = "ok" if worst <= TOLERANCE else "FAILED"
-    print(f"max |engine - loop| {worst:.2e} (tolerance {TOLERANCE:g}): {verdict}; total {time.perf_counter() - start:.0f}s")
+    print(f"max |engine - loop| {worst:.2e} (tolerance {TOLERANCE:g}): {verdict}; "
+          f"total {time.perf_counter() - start:.0f}s")
     if worst > TOLERANCE:
         raise SystemExit(1)
 

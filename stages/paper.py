@@ -54,7 +54,8 @@ def build_pdf(folder: Path, name: str) -> None:
                 shutil.copyfile(record, folder / record.name)
         if proc.returncode != 0 or not (build / "main.pdf").is_file():
             text = log.read_text(errors="replace") if log.is_file() else proc.stdout
-            raise StudyError(f"latexmk could not build {folder / name}.tex: {latex_error(text)} (see {folder}/main.log)")
+            raise StudyError(f"latexmk could not build {folder / name}.tex: {latex_error(text)} "
+                             f"(see {folder}/main.log)")
         os.replace(build / "main.pdf", folder / "main.pdf")
     finally:
         shutil.rmtree(build, ignore_errors=True)

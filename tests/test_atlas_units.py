@@ -25,7 +25,7 @@ from paramscope.ablation.weights import (
     projection_kind,
     random_units,
 )
-from paramscope.evaluation.requests import Doc
+from paramscope.evaluation.documents import Doc
 from paramscope.evaluation.scorer import score
 from paramscope.models.adapters import get_adapter
 from paramscope.models.random_models import tiny_random_model
@@ -245,7 +245,8 @@ def test_map_lists():
 
 def random_docs(n: int, seed: int) -> tuple[Doc, ...]:
     gen = torch.Generator().manual_seed(seed)
-    return tuple(Doc(i, tuple(torch.randint(0, 64, (int(k),), generator=gen).tolist()), ((1,), (2,), (3,)), (1, 1, 1), 0)
+    return tuple(Doc(i, tuple(torch.randint(0, 64, (int(k),), generator=gen).tolist()), ((1,), (2,), (3,)),
+                     (1, 1, 1), 0)
                  for i, k in enumerate(torch.randint(3, 10, (n,), generator=gen)))
 
 
@@ -333,7 +334,7 @@ def test_choice_tokens_take_the_gold_continuation_at_the_same_place(setup):
 def test_mean_and_resample_do_not_depend_on_how_choices_are_laid_out(setup):
     """A packed row, one sequence per choice, and (mean) the context cached once: every position sits at
     the same end-aligned place in each, so the log-likelihoods agree."""
-    from paramscope.evaluation.scorer import _score_shared_context
+    from paramscope.evaluation.scorer import score_shared_context
 
     adapter, _ = setup
     reference = (GOLD_LONG, *random_docs(6, seed=9))
@@ -345,7 +346,7 @@ def test_mean_and_resample_do_not_depend_on_how_choices_are_laid_out(setup):
         with apply(adapter, [spec], **kw):
             packed = score(adapter.model, [PACKED], 1).lls[0]
             separate = score(adapter.model, [PACKED], 1, share_context=False).lls[0]
-            cached = _score_shared_context(adapter.model, PACKED)
+            cached = score_shared_context(adapter.model, PACKED)
         assert np.abs(packed - clean).max() > 1e-3
         np.testing.assert_allclose(separate, packed, rtol=0, atol=1e-5)
         if spec.op == "mean":  # the cached path keys a donor on the context it runs first, without its last token

@@ -12,9 +12,9 @@ from conftest import smoke_test_docs
 from paramscope.ablation.engine import _branchable, fast_map
 from paramscope.ablation.interventions import UnitSpec, apply
 from paramscope.ablation.units import unit_specs
-from paramscope.evaluation.requests import Doc
+from paramscope.evaluation.documents import Doc
 from paramscope.evaluation.packing import packing_limit
-from paramscope.evaluation.scorer import _score_shared_context, score
+from paramscope.evaluation.scorer import score, score_shared_context
 from paramscope.models.adapters import get_adapter
 from paramscope.models.random_models import tiny_random_model
 
@@ -114,11 +114,11 @@ def test_multi_token_documents_are_branched_like_the_loop(setup):
     result = fast_map(adapter, mixed, "heads", specs=specs, batch_size=BATCH)
     assert [s for s, _ in result] == specs
     moved = 0.0
-    clean = [_score_shared_context(adapter.model, d) for d in MULTI]
+    clean = [score_shared_context(adapter.model, d) for d in MULTI]
     for spec, scores in result:
         with apply(adapter, [spec]):
             expected = score(adapter.model, mixed, BATCH)
-            cached = [_score_shared_context(adapter.model, d) for d in MULTI]  # an independent reference
+            cached = [score_shared_context(adapter.model, d) for d in MULTI]  # an independent reference
         np.testing.assert_array_equal(scores.doc_ids, [d.doc_id for d in mixed])
         for got, want in zip(scores.lls, expected.lls):
             np.testing.assert_allclose(got, want, rtol=0, atol=ATOL)

@@ -247,7 +247,8 @@ def test_bad_sites_are_refused_and_leave_no_hook(setup):
         ([UnitSpec("heads", 0, (4,))], {}, r"heads units \[4\] out of range 0..3"),
         ([UnitSpec("mlp", 3)], {}, "layer 3 out of range"),
         ([UnitSpec("neurons", 0, (1,), "mean")], {}, "needs means"),
-        ([UnitSpec("attn", 0, op="mean")], {"means": one_position(("attn", 0), torch.zeros(5))}, "width 5; expected 32"),
+        ([UnitSpec("attn", 0, op="mean")], {"means": one_position(("attn", 0), torch.zeros(5))},
+         "width 5; expected 32"),
         ([UnitSpec("attn", 0, op="resample")], {}, "needs a pool"),
     ]:
         with pytest.raises(ValueError, match=message), apply(adapter, [UnitSpec("mlp", 0), *specs], **kwargs):

@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def launcher_cfg(launcher: str):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("ablate", [f"hydra/launcher={launcher}", "profile=paper"], return_hydra_config=True).hydra.launcher
+        return compose("ablate", [f"hydra/launcher={launcher}", "profile=paper"],
+                       return_hydra_config=True).hydra.launcher
 
 
 @pytest.mark.parametrize(
@@ -60,7 +61,8 @@ def smoke_workspace(smoke_suite, tmp_path):
 
 # What each launcher needs to run two small CPU jobs on this machine.
 LOCAL_LAUNCHERS = {
-    "submitit_local": ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", "hydra.launcher.cpus_per_task=1"],
+    "submitit_local": ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
+                       "hydra.launcher.cpus_per_task=1"],
     "processes": ["hydra/launcher=processes", "hydra.launcher.n_jobs=2"],
     "ray_cluster": ["hydra/launcher=ray_cluster", "hydra.launcher.ray.remote.num_gpus=0",
                     "hydra.launcher.ray.remote.num_cpus=1", "+hydra.launcher.ray.init.num_cpus=2",

@@ -6,9 +6,9 @@ from conftest import smoke_test_docs
 from omegaconf import OmegaConf
 
 from paramscope.ablation.atlas import ablation_map
-from paramscope.ablation.reference import last_context_activations
 from paramscope.ablation.interventions import UnitSpec, apply
 from paramscope.ablation.neuron_groups import cluster_neurons, cluster_specs
+from paramscope.ablation.reference import last_context_activations
 from paramscope.ablation.run import check_request
 from paramscope.errors import StudyError
 from paramscope.evaluation.scorer import score

@@ -165,11 +165,13 @@ def test_controls_match_the_profile_and_transfer_covers_every_task(study):
     control = rows(study, "control")
     transfer = rows(study, "transfer")
     for task, g in control.groupby("task"):
-        chosen = Profile.from_json(json.loads(search_rows[search_rows.selected & (search_rows.task == task)].profile.iloc[0]))
+        chosen = Profile.from_json(json.loads(
+            search_rows[search_rows.selected & (search_rows.task == task)].profile.iloc[0]))
         assert len(g) == 3 and (g.split == "test").all()
         assert (g.n_factors == chosen.n_factors).all()
         assert np.allclose(g.strength, chosen.strength)
-    assert set(zip(transfer.task, transfer.target_task)) == {(a, b) for a in study["cfg"].tasks for b in study["cfg"].tasks}
+    assert set(zip(transfer.task, transfer.target_task)) == {(a, b) for a in study["cfg"].tasks
+                                                             for b in study["cfg"].tasks}
     same = transfer[transfer.task == transfer.target_task].set_index("task")
     tested = search_rows[search_rows.selected & (search_rows.split == "test")].set_index("task")
     for task in same.index:  # the diagonal is the search's own test measurement
@@ -281,7 +283,8 @@ def test_coordinate_ascent_finds_a_grid_optimum_and_cmaes_is_seeded():
 
 
 def test_random_controls_keep_size_group_mix_and_strength():
-    units = [Unit("heads", l, (h,)) for l in range(3) for h in range(4)] + [Unit("mlp", l) for l in range(3)]
+    units = ([Unit("heads", layer, (h,)) for layer in range(3) for h in range(4)]
+             + [Unit("mlp", layer) for layer in range(3)])
     profile = Profile.from_vector([units[0], units[5], units[12]], [0.0, 1.25, 1.9], model_digest="d", task="t")
     controls = random_profiles(profile, units, n=30, seed=7)
     assert controls == random_profiles(profile, units, n=30, seed=7)
@@ -301,7 +304,7 @@ def test_magnitude_and_wanda_remove_a_silenced_head_first(smoke_suite):
     with torch.no_grad():
         d = adapter.d_head
         adapter.attn_out_proj(1).weight[:, 2 * d: 3 * d] *= 1e-3
-    units = [Unit("heads", l, (h,)) for l in range(adapter.n_layers) for h in range(adapter.n_heads)]
+    units = [Unit("heads", layer, (h,)) for layer in range(adapter.n_layers) for h in range(adapter.n_heads)]
     cfg = make_cfg("optimize", ["profile=smoke", f"paths.tasks={data / 'tasks'}"])
     docs = task_docs(cfg, "kv", "dev", tok).docs
     norms = compress.input_norms(adapter, docs, "heads")

@@ -19,7 +19,7 @@ from transformers import AutoTokenizer, GPTNeoXForCausalLM
 
 from paramscope.data.lm_eval_tasks import LOADER_SOURCE
 from paramscope.errors import StudyError
-from paramscope.evaluation.loglikelihood import ContinuationDoc
+from paramscope.evaluation.documents import ContinuationDoc
 from paramscope.evaluation.requests import build_docs, task_manager
 from paramscope.evaluation.scorer import score
 from paramscope.models import hub, zoo
@@ -57,7 +57,8 @@ def test_paper_training_length_follows_tokens_and_devices():
     per_device_step = cfg.train.batch_size * cfg.train.accumulate * cfg.train.seq_len
     assert planned_steps(cfg, spec, 1) == -(-cfg.train.tokens // per_device_step)
     assert planned_steps(cfg, spec, 8) == -(-cfg.train.tokens // (8 * per_device_step))
-    assert planned_steps(make_cfg("train", ["profile=smoke"]), make_cfg("train", ["profile=smoke"]).train.variants.gen2, 4) == 5
+    assert planned_steps(make_cfg("train", ["profile=smoke"]),
+                         make_cfg("train", ["profile=smoke"]).train.variants.gen2, 4) == 5
 
 
 def test_trainer_group_selects_ddp():
@@ -325,11 +326,8 @@ def test_multiple_input_scores_equal_lm_eval(smoke_suite, tmp_path):
     from lm_eval.models.huggingface import HFLM
 
     from paramscope.data.splits import split_indices
-    from paramscope.evaluation.loglikelihood import (
-        multiple_input_docs,
-        score_multiple_input,
-    )
-    from paramscope.evaluation.requests import load_lm_eval_task
+    from paramscope.evaluation.loglikelihood import score_multiple_input
+    from paramscope.evaluation.requests import load_lm_eval_task, multiple_input_docs
 
     _, data = smoke_suite
     tok = AutoTokenizer.from_pretrained(data / "tokenizer")
@@ -371,7 +369,8 @@ def test_offline_tokenizer_and_corpus_fail_with_one_line_and_nothing_written(tmp
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     cfg = paper_cfg("prepare")
-    with pytest.raises(StudyError, match=r"cannot fetch tokenizer EleutherAI/pythia-410m@step143000: .*tokenizer.local_dir"):
+    with pytest.raises(StudyError,
+                       match=r"cannot fetch tokenizer EleutherAI/pythia-410m@step143000: .*tokenizer.local_dir"):
         prepare_corpus(cfg, tmp_path / "data")
     assert not (tmp_path / "data").exists()
     with pytest.raises(StudyError, match=r"cannot stream corpus HuggingFaceFW/fineweb-edu@87f0.*corpus.local_files"):

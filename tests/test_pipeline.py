@@ -159,13 +159,15 @@ def test_a_damaged_cell_is_recomputed_and_the_aggregate_is_unchanged(study, tmp_
                            cwd=study, env=env, capture_output=True, text=True, timeout=1200)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"damaged result cell {damaged}" in rerun.stdout + rerun.stderr
-    pd.testing.assert_frame_equal(pd.read_parquet(damaged), pd.read_parquet(study / "results" / "ablate" / damaged.name))
+    pd.testing.assert_frame_equal(pd.read_parquet(damaged),
+                                  pd.read_parquet(study / "results" / "ablate" / damaged.name))
     assert {p.name: p.stat().st_mtime_ns for p in cells.glob("*.parquet") if p != damaged} == others
 
     again = subprocess.run([sys.executable, "stages/aggregate.py", "profile=smoke", *where], cwd=study, env=env,
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert json.loads((reports / "metrics.json").read_text()) == json.loads((study / "reports" / "metrics.json").read_text())
+    assert (json.loads((reports / "metrics.json").read_text())
+            == json.loads((study / "reports" / "metrics.json").read_text()))
 
 
 def test_scorer_equals_lm_eval_on_every_study_model_and_task(study):

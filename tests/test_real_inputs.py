@@ -131,7 +131,8 @@ def test_format_example_is_bigbench_default_format_fn():
     custom = format_example(dict(ex), {"task_prefix": "T.", "example_input_prefix": "I:", "example_output_prefix": "O:",
                                        "append_choices_to_input": False})
     assert custom["inputs"] == "T.I:2 + 2 =O:"
-    assert format_example({"input": "x", "target_scores": {" a ": 1, "b": 0}}, {})["multiple_choice_targets"] == ["a", "b"]
+    assert (format_example({"input": "x", "target_scores": {" a ": 1, "b": 0}}, {})["multiple_choice_targets"]
+            == ["a", "b"])
 
 
 @pytest.fixture

@@ -301,7 +301,8 @@ def _macros(path: Path) -> dict[str, str]:
 def test_macros_are_valid_and_unique(reports):
     macros = _macros(reports / "macros.tex")
     assert macros["ScratchFactsTestAcc"] == tex.pct(
-        pd.read_csv(reports / "plots/clean_accuracy.csv").query("model == 'scratch' and task == 'facts' and split == 'test'")
+        pd.read_csv(reports / "plots/clean_accuracy.csv")
+        .query("model == 'scratch' and task == 'facts' and split == 'test'")
         .acc.iloc[0])
     for name in ("CiLevel", "FdrLevel", "ChanceAcc", "GenTwoVsScratchMinDelta", "GenTwoVsScratchMinVerdict",
                  "AtlasHeadsNSig", "AtlasHeadsTopUnit", "AtlasLayersNSig", "ScratchHeadsRhoMean",
@@ -337,7 +338,8 @@ def test_paper_cites_only_generated_macros_and_types_no_number(tmp_path):
     for path in atlas_sections:
         assert not re.search(r"\d", _uncommented(path)), f"{path.name} types a number"
     for path in [*sections, ROOT / "paper" / "pretrained.tex"]:  # formulas (1 - alpha, log10), never a typed result
-        result = re.search(r"\d+\.\d+(?!\d|pt|em|ex|cm|mm|in|\\[a-z]*width)|\d+\s*(\\%|pp\b)", _uncommented(path))  # not lengths
+        # not lengths
+        result = re.search(r"\d+\.\d+(?!\d|pt|em|ex|cm|mm|in|\\[a-z]*width)|\d+\s*(\\%|pp\b)", _uncommented(path))
         assert not result, f"{path.name} types a result: {result.group(0) if result else ''}"
 
 
@@ -359,7 +361,8 @@ def test_tables_are_booktabs_fragments(reports):
 
 def test_figures_are_nonempty_pdfs(reports):
     written = sorted(p.name for p in (reports / "figures").glob("*.pdf"))
-    assert {"clean_accuracy.pdf", "model_pairs.pdf", "heads.pdf", "layer_profile.pdf", "spearman_heads.pdf"} <= set(written)
+    assert {"clean_accuracy.pdf", "model_pairs.pdf", "heads.pdf", "layer_profile.pdf",
+            "spearman_heads.pdf"} <= set(written)
     for name in written:
         data = (reports / "figures" / name).read_bytes()
         assert data.startswith(b"%PDF") and len(data) > 1000

@@ -7,8 +7,9 @@ from transformers import AutoTokenizer
 
 from paramscope.data.lm_eval_tasks import lm_eval_name, write_task
 from paramscope.data.synthetic import TASKS, Item
+from paramscope.evaluation.documents import Doc
 from paramscope.evaluation.harness import lm_eval_per_doc
-from paramscope.evaluation.requests import Doc, build_docs
+from paramscope.evaluation.requests import build_docs
 from paramscope.evaluation.scorer import score
 from paramscope.models.random_models import tiny_random_model
 

@@ -16,7 +16,7 @@ from scipy.stats import spearmanr
 from paramscope.ablation.engine import fast_map
 from paramscope.ablation.screen import attribution_screen, gate_gradients, gated_metric
 from paramscope.ablation.units import unit_specs
-from paramscope.evaluation.requests import Doc
+from paramscope.evaluation.documents import Doc
 from paramscope.evaluation.scorer import score
 from paramscope.models.adapters import get_adapter
 from paramscope.models.random_models import tiny_random_model
@@ -126,7 +126,7 @@ def test_metric_is_the_scorers(docs, family):
 def test_metric_reads_each_choice_after_its_own_context(docs, choice_len):
     """Multiple-context documents (winogrande): the screened metric is the scorer's, which scores
     choice i after context i; the gold is the second option, whose context differs from the first's."""
-    from paramscope.evaluation.loglikelihood import MultiContextDoc
+    from paramscope.evaluation.documents import MultiContextDoc
 
     found, vocab = docs
     adapter = model("gpt_neox", vocab)

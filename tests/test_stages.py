@@ -37,7 +37,9 @@ def prepared(tmp_path_factory):
 @pytest.mark.parametrize(
     "stage, overrides, message",
     [
-        ("ablate", ["group=bogus"], "unknown group 'bogus'; valid: heads, neurons, attn, mlp, layers, single_neurons, neuron_clusters, matrix, magnitude, magnitude_matrix, random, pairs"),
+        ("ablate", ["group=bogus"],
+         "unknown group 'bogus'; valid: heads, neurons, attn, mlp, layers, single_neurons, neuron_clusters, matrix, "
+         "magnitude, magnitude_matrix, random, pairs"),
         ("optimize", ["model=bogus"], "unknown model 'bogus'; valid: scratch"),
         ("ablate", ["op=bogus"], "unknown op 'bogus'; valid: zero, scale, mean, noise, resample"),
         ("ablate", ["model=bogus"], "unknown model 'bogus'; valid: scratch, gen2, tuned"),

@@ -8,7 +8,7 @@ from torch import nn
 
 from paramscope.ablation.interventions import UnitSpec, apply
 from paramscope.errors import StudyError
-from paramscope.evaluation.requests import Doc
+from paramscope.evaluation.documents import Doc
 from paramscope.evaluation.scorer import score
 from paramscope.models.adapters import get_adapter, weight_in_out
 from paramscope.models.random_models import tiny_random_model
@@ -150,7 +150,8 @@ def test_drift_pvalues_are_uniform_when_nothing_was_learned(tails):
     assert (tests.drift.q["w"] <= 0.05).sum() == 0
     # edges (here one entry each) against the twin's edges: none stands out either
     roles = {"w": MatrixRole("w", 0, "neurons", "mlp_in", True, np.arange(shape[0]))}
-    edges = edge_tests(tests, Weights({"w": trained}, {"w": init}, {"w": twin}), roles, shape[1], {(0, "neurons"): shape[0]})
+    edges = edge_tests(tests, Weights({"w": trained}, {"w": init}, {"w": twin}), roles, shape[1],
+                       {(0, "neurons"): shape[0]})
     assert edges.frac_indist_drift.iloc[0] == 1.0
 
 
@@ -276,7 +277,8 @@ def test_edges_of_an_unchanged_model_are_all_indistinguishable():
 
 def _docs(n: int = 24, seed: int = 0) -> list[Doc]:
     rng = np.random.default_rng(seed)
-    return [Doc(i, tuple(int(t) for t in rng.integers(0, VOCAB, 6)), tuple((int(c),) for c in rng.choice(VOCAB, 4, replace=False)),
+    return [Doc(i, tuple(int(t) for t in rng.integers(0, VOCAB, 6)),
+                tuple((int(c),) for c in rng.choice(VOCAB, 4, replace=False)),
                 (1, 1, 1, 1), int(rng.integers(0, 4))) for i in range(n)]
 
 
@@ -329,7 +331,8 @@ def test_components_of_a_planted_two_part_structure():
     adapter = get_adapter(_model())
     roles = matrix_roles(adapter)
     units = {(layer, k): n_units(adapter, layer, k) for layer in range(adapter.n_layers) for k in KINDS}
-    table = component_table(roles, _parity_kept(adapter, roles), NodeIndex.build(adapter.d_model, units), adapter.n_layers)
+    table = component_table(roles, _parity_kept(adapter, roles), NodeIndex.build(adapter.d_model, units),
+                            adapter.n_layers)
     assert (table.n_components == 2).all() and (table.largest_frac == 0.5).all()
     assert (table.isolated_units == 0).all() and (table.edge_density == 0.5).all()
     kept = {n: np.zeros_like(k) for n, k in _parity_kept(adapter, roles).items()}
@@ -484,7 +487,8 @@ def test_the_grid_writes_every_cell_once_and_the_report_reads_them(study, tmp_pa
     macros = (tmp_path / "macros.tex").read_text()
     for name in ("StructureScratchIndist", "StructureScratchIndistValue", "StructureScratchIndistDrift",
                  "StructureScratchDriftReference", "StructureScratchDriftRatio", "StructureDriftNullTotal",
-                 "StructureScratchIndistEdgesDriftNeurons", "StructureScratchAnnealSparsity", "StructureScratchAnnealTestDeltaAccLow",
+                 "StructureScratchIndistEdgesDriftNeurons", "StructureScratchAnnealSparsity",
+                 "StructureScratchAnnealTestDeltaAccLow",
                  "StructureWeibullScratchStepZeroK", "StructureApartMaxDiff",
                  "StructureApartMinAgreement"):
         assert f"\\newcommand{{\\{name}}}" in macros

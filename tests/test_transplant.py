@@ -17,7 +17,7 @@ from conftest import make_cfg
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from paramscope.errors import StudyError
-from paramscope.evaluation.requests import Doc
+from paramscope.evaluation.documents import Doc
 from paramscope.evaluation.tasks import task_docs
 from paramscope.models.random_models import tiny_random_model
 from paramscope.models.zoo import save_model

@@ -9,9 +9,9 @@ import torch
 from conftest import make_cfg
 
 from paramscope.errors import StudyError
+from paramscope.evaluation.documents import Doc
 from paramscope.evaluation.positions import context_lengths
-from paramscope.evaluation.requests import Doc
-from paramscope.evaluation.scorer import _score_shared_context, score
+from paramscope.evaluation.scorer import score, score_shared_context
 from paramscope.models.adapters import get_adapter
 from paramscope.models.random_models import tiny_random_model
 from paramscope.store import load_results
@@ -164,7 +164,7 @@ def test_multi_token_choices_are_scored_as_whole_sequences_under_vps(model):
     config = VPSConfig(gamma=0.5, rank=4, policy="adaptive")
     with sharpen(model, config):
         with pytest.raises(RuntimeError, match="share_context=False"):
-            _score_shared_context(model, docs[0])
+            score_shared_context(model, docs[0])
         got = score(model, docs, 4, share_context=False)
         for a, b in zip(score(model, docs, 4).lls, got.lls):  # packed rows under VPS: the same numbers
             np.testing.assert_allclose(a, b, atol=1e-5)

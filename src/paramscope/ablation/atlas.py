@@ -44,9 +44,8 @@ from paramscope.ablation.weights import (
     first_layer,
     weight_units,
 )
+from paramscope.evaluation.documents import Doc, Scores
 from paramscope.evaluation.packing import Batch
-from paramscope.evaluation.requests import Doc
-from paramscope.evaluation.scorer import Scores
 from paramscope.models.adapters import Adapter
 from paramscope.stats import paired_bootstrap_ci, paired_delta_summary
 
@@ -106,7 +105,8 @@ def ablation_map(
     unit; None computes every unit.
 
     ``reference`` (the task's dev documents) gives the statistics of ``mean`` and ``noise`` and the donors
-    of ``resample``; ``seed`` also seeds the noise, the donor draw and the random controls. Weight groups use ``magnitude_bins`` bins.
+    of ``resample``; ``seed`` also seeds the noise, the donor draw and the random controls. Weight groups use
+    ``magnitude_bins`` bins.
     The neuron groupings (`neuron_groups`) are zero maps chosen on ``reference``: single neurons screened
     (``single_neuron_units`` top and as many random ones), clusters fitted there.
     """

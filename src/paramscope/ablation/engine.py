@@ -61,14 +61,15 @@ from torch import Tensor
 from paramscope.ablation.alignment import picked_positions
 from paramscope.ablation.interventions import (
     UnitSpec,
-    _check_site,
-    _first,
-    _with_first,
     apply,
+    check_site,
     gated,
     n_units,
+    output_tensor,
+    with_output_tensor,
 )
 from paramscope.ablation.units import unit_specs
+from paramscope.evaluation.documents import ContinuationDoc, Doc, MultiContextDoc, Scores, docs_metric
 from paramscope.evaluation.packing import (
     Batch,
     Readout,
@@ -80,8 +81,7 @@ from paramscope.evaluation.packing import (
     single_token_batch,
 )
 from paramscope.evaluation.positions import context_lengths
-from paramscope.evaluation.requests import Doc
-from paramscope.evaluation.scorer import Scores, docs_metric, score
+from paramscope.evaluation.scorer import score
 from paramscope.models.adapters import Adapter
 
 log = logging.getLogger(__name__)
@@ -116,8 +116,6 @@ def _branchable(doc: Doc, limit: int | None) -> bool:
     """Plain multiple choice whose choices are one token, or pack into one row (`packing`).
     Loglikelihood and multiple-input documents (one context per choice) take the plain loop, which
     routes them to their scorers."""
-    from paramscope.evaluation.loglikelihood import ContinuationDoc, MultiContextDoc
-
     if isinstance(doc, (ContinuationDoc, MultiContextDoc)):
         return False
     return not is_multi_token(doc) or limit is None or packed_length(doc) <= limit
@@ -240,14 +238,14 @@ def _trunk(adapter: Adapter, batch: Batch, wanted: Sequence[tuple[str, int]]) ->
 
     def on_output(key):
         def hook(module, args, output):
-            seen[key] = _first(output)
+            seen[key] = output_tensor(output)
 
         return hook
 
     try:
         for layer, block in enumerate(adapter.blocks()):
             handles.append(block.register_forward_pre_hook(on_call(layer), with_kwargs=True, prepend=True))
-        handles.append(adapter.block(n - 1).register_forward_hook(lambda m, a, o: final.append(_first(o))))
+        handles.append(adapter.block(n - 1).register_forward_hook(lambda m, a, o: final.append(output_tensor(o))))
         for key in wanted:
             module, is_input = _piece_module(adapter, *key)
             if is_input:
@@ -307,10 +305,10 @@ def _mlp_at(adapter: Adapter, layer: int, readout: Readout) -> Iterator[None]:
         return args, {**kwargs, "hidden_states": picked}
 
     def put_back(module, args, output):
-        first = _first(output)
+        first = output_tensor(output)
         full = first.new_zeros(*state["shape"][:-1], first.shape[-1])
         full[rows, positions] = first[:, 0]
-        return _with_first(output, full)
+        return with_output_tensor(output, full)
 
     mlp = adapter.mlp(layer)
     handles = [mlp.register_forward_pre_hook(pick, with_kwargs=True), mlp.register_forward_hook(put_back)]
@@ -333,7 +331,7 @@ def _run_blocks(adapter: Adapter, trunk: _Trunk, first: int, hidden: Tensor, til
         else:
             rest_args, rest_kwargs = (), {n: tiler(v) for n, v in kwargs.items() if n != "hidden_states"}
         with _mlp_at(adapter, k, read) if k == last_block else nullcontext():
-            hidden = _first(adapter.block(k)(hidden, *rest_args, **rest_kwargs))
+            hidden = output_tensor(adapter.block(k)(hidden, *rest_args, **rest_kwargs))
     return hidden
 
 
@@ -373,7 +371,7 @@ def _rebuild(
     r = h + attn
     norm, mlp = adapter.block(layer).get_submodule(_MLP_NORM[adapter.family]), adapter.mlp(layer)
     with _mlp_at(adapter, layer, read) if layer == adapter.n_layers - 1 and not gates_1 else nullcontext():
-        return r + _first(mlp(norm(r)))
+        return r + output_tensor(mlp(norm(r)))
 
 
 def _rebuild_ok(adapter: Adapter, trunk: _Trunk, group: str, layer: int) -> bool:
@@ -422,7 +420,7 @@ def _fast_branched(
     by_site: dict[tuple[int, str], list[int]] = {}  # variants that branch at the same site
     for s, spec in enumerate(specs):
         by_site.setdefault((spec.layer, spec.group), []).append(s)
-    wanted = sorted({(p, l) for l, g in by_site for p in (_pieces(adapter, g, l) if rebuild else ())})
+    wanted = sorted({(p, layer) for layer, g in by_site for p in (_pieces(adapter, g, layer) if rebuild else ())})
     gates = [_unit_gate(adapter, spec).to(param.device) for spec in specs]
     out: list[list[np.ndarray]] = [[None] * len(docs) for _ in specs]  # type: ignore[list-item]
     # The trunk keeps every block's input and some pieces of it: cap its tokens so that this cache,
@@ -485,7 +483,7 @@ def fast_map(
     specs = list(specs)
     for spec in specs:
         gate_value(spec.op, spec.value)  # only gate-expressible operations
-        _check_site(adapter, spec.group, spec.layer, spec.units)
+        check_site(adapter, spec.group, spec.layer, spec.units)
     branched, looped = _split_branchable(adapter, docs)
     lls: list[list[np.ndarray]] = [[None] * len(docs) for _ in specs]  # type: ignore[list-item]
     if branched:

@@ -86,12 +86,12 @@ def _as_adapter(target: PreTrainedModel | Adapter) -> Adapter:
     return target if isinstance(target, Adapter) else get_adapter(target)
 
 
-def _first(output: Tensor | tuple) -> Tensor:
+def output_tensor(output: Tensor | tuple) -> Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def _with_first(output: Tensor | tuple, first: Tensor) -> Tensor | tuple:
-    """Put `first` back where `_first` found it: v5 sublayers return tensors or tuples by family."""
+def with_output_tensor(output: Tensor | tuple, first: Tensor) -> Tensor | tuple:
+    """Put `first` back where `output_tensor` found it: v5 sublayers return tensors or tuples by family."""
     return (first, *output[1:]) if isinstance(output, tuple) else first
 
 
@@ -114,18 +114,18 @@ def _register(adapter: Adapter, group: str, layer: int, edit: Edit) -> Removable
         sublayer = adapter.attention(layer) if group == "attn" else adapter.mlp(layer)
 
         def on_output(module: nn.Module, args: tuple, output: Tensor | tuple) -> Tensor | tuple:
-            return _with_first(output, in_units(_first(output)))
+            return with_output_tensor(output, in_units(output_tensor(output)))
 
         return sublayer.register_forward_hook(on_output, prepend=True)
 
     def on_block(module: nn.Module, args: tuple, kwargs: dict, output: Tensor | tuple) -> Tensor | tuple:
         hidden_in = args[0] if args else kwargs["hidden_states"]
-        return _with_first(output, hidden_in + in_units(_first(output) - hidden_in))
+        return with_output_tensor(output, hidden_in + in_units(output_tensor(output) - hidden_in))
 
     return adapter.block(layer).register_forward_hook(on_block, with_kwargs=True, prepend=True)
 
 
-def _check_site(adapter: Adapter, group: str, layer: int, units: Sequence[int] = ()) -> None:
+def check_site(adapter: Adapter, group: str, layer: int, units: Sequence[int] = ()) -> None:
     if group not in GROUPS:
         raise ValueError(f"unknown group '{group}'; valid: {', '.join(GROUPS)}")
     if not 0 <= layer < adapter.n_layers:
@@ -228,7 +228,7 @@ def apply(
     forward = _Forward(pool)
     edits: list[tuple[Site, Edit]] = []
     for spec in specs:
-        _check_site(adapter, spec.group, spec.layer, spec.units)
+        check_site(adapter, spec.group, spec.layer, spec.units)
         if spec.op == "mean":
             if means is None or spec.site not in means.acts:
                 raise ValueError(f"op 'mean' on {spec.site} needs means with activations for that site")
@@ -276,7 +276,7 @@ def gated(target: PreTrainedModel | Adapter, gates: Mapping[Site, Tensor]) -> It
     adapter = _as_adapter(target)
     edits: list[tuple[Site, Edit]] = []
     for (group, layer), gate in gates.items():
-        _check_site(adapter, group, layer)
+        check_site(adapter, group, layer)
         count = n_units(adapter, group)
         gate = gate.reshape(gate.shape[0], -1)
         if gate.shape[1] != count:
@@ -303,6 +303,6 @@ def record(target: PreTrainedModel | Adapter, sites: Sequence[Site]) -> Iterator
         return edit
 
     for group, layer in sites:
-        _check_site(adapter, group, layer)
+        check_site(adapter, group, layer)
     with _hooked(adapter, [(site, keeper(site)) for site in sites]):
         yield seen

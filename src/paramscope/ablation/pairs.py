@@ -20,8 +20,8 @@ import pandas as pd
 
 from paramscope.ablation.engine import fast_map
 from paramscope.ablation.interventions import UnitSpec, apply
-from paramscope.evaluation.requests import Doc
-from paramscope.evaluation.scorer import Scores, score
+from paramscope.evaluation.documents import Doc, Scores
+from paramscope.evaluation.scorer import score
 from paramscope.models.adapters import Adapter
 from paramscope.stats import paired_bootstrap_ci, paired_delta_summary
 

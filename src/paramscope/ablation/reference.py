@@ -26,8 +26,8 @@ from torch import Tensor
 from paramscope.ablation.alignment import AlignedActivations
 from paramscope.ablation.interventions import GROUPS, Site, record
 from paramscope.ablation.resample import ResamplePool, token_key
-from paramscope.evaluation.loglikelihood import MultiContextDoc, max_length
-from paramscope.evaluation.requests import Doc
+from paramscope.evaluation.documents import Doc, MultiContextDoc
+from paramscope.evaluation.loglikelihood import max_length
 from paramscope.models.adapters import Adapter
 
 # Resample donors come from at most this many dev documents, drawn by the seed: the pool keeps every

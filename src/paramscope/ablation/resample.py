@@ -52,7 +52,8 @@ class ResamplePool:
     keys: list[bytes]
     seed: int = 0
     _lengths: np.ndarray = field(init=False, repr=False)
-    _drawn: dict[tuple[bytes, int], int] = field(init=False, repr=False, default_factory=dict)  # the same rows recur per unit
+    # the same rows recur per unit
+    _drawn: dict[tuple[bytes, int], int] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.keys:

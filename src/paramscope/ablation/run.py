@@ -46,7 +46,8 @@ def selected(cfg: DictConfig, key: str, default: list) -> list[str]:
 
 def profile_leaves_out(cfg: DictConfig) -> str | None:
     """Why this job's map is not part of the profile's atlas (`ablate.leave_out`: groups, ops and
-    group/op maps a profile does not run, e.g. the real profile's maps that do not fit a CPU), or None. The grid in params.yaml is
+    group/op maps a profile does not run, e.g. the real profile's maps that do not fit a CPU), or None.
+    The grid in params.yaml is
     one for every profile; this is where a profile narrows it, visibly."""
     leave_out = cfg.ablate.get("leave_out") or {}
     for kind, name in (("groups", cfg.group), ("ops", cfg.op), ("maps", f"{cfg.group}/{cfg.op}")):

@@ -35,8 +35,8 @@ from torch import Tensor
 from paramscope.ablation.engine import gate_value
 from paramscope.ablation.interventions import GROUPS, Site, UnitSpec, gated, n_units
 from paramscope.ablation.units import unit_specs
+from paramscope.evaluation.documents import Doc
 from paramscope.evaluation.packing import batch_of, packed_length, packing_limit
-from paramscope.evaluation.requests import Doc
 from paramscope.models.adapters import Adapter
 
 METRICS = ("gold_ll", "gold_logprob")

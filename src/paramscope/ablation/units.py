@@ -16,7 +16,8 @@ def unit_specs(adapter: Adapter, group: str, op: str, value: float, neuron_block
                 yield UnitSpec("heads", layer, (h,), op, value)
         elif group == "neurons":
             for start in range(0, adapter.d_ffn, neuron_block):
-                yield UnitSpec("neurons", layer, tuple(range(start, min(start + neuron_block, adapter.d_ffn))), op, value)
+                yield UnitSpec("neurons", layer, tuple(range(start, min(start + neuron_block, adapter.d_ffn))),
+                               op, value)
         else:
             yield UnitSpec(group, layer, (), op, value)
 
@@ -29,7 +30,8 @@ def unit_label(spec: UnitSpec) -> int:
 def unit_name(spec: UnitSpec) -> str:
     """The row's ``unit_name`` column, e.g. ``L1 head 3``, ``L0 neurons 64-127``, ``L2 mlp``."""
     if spec.group == "heads":
-        return f"L{spec.layer} head {spec.units[0]}" if len(spec.units) == 1 else f"L{spec.layer} heads {list(spec.units)}"
+        return (f"L{spec.layer} head {spec.units[0]}" if len(spec.units) == 1
+                else f"L{spec.layer} heads {list(spec.units)}")
     if spec.group == "neurons":
         lo, hi = spec.units[0], spec.units[-1]
         if hi - lo + 1 == len(spec.units):

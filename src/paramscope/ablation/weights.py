@@ -56,7 +56,7 @@ class WeightUnit:
         return int(sum(idx.numel() for idx in self.entries.values()))
 
 
-def _layer_of(adapter: Adapter, name: str) -> int:
+def layer_of(adapter: Adapter, name: str) -> int:
     return int(name[len(adapter._blocks) + 1:].split(".")[0])
 
 
@@ -92,7 +92,7 @@ def _split(names: list[str], offsets: Tensor, flat: Tensor) -> dict[str, Tensor]
 def matrix_units(adapter: Adapter) -> Iterator[WeightUnit]:
     for i, (name, module) in enumerate(adapter.linear_modules().items()):
         idx = torch.arange(module.weight.numel(), device=module.weight.device)
-        yield WeightUnit("matrix", _layer_of(adapter, name), i, name, {name: idx})
+        yield WeightUnit("matrix", layer_of(adapter, name), i, name, {name: idx})
 
 
 def _type_ranks(modules: list[tuple[str, nn.Module]]) -> tuple[list[str], Tensor, Tensor]:
@@ -117,7 +117,7 @@ def matrix_magnitude_units(adapter: Adapter, n_bins: int = 10) -> Iterator[Weigh
     for i, (name, module) in enumerate(adapter.linear_modules().items()):
         _, _, order = _type_ranks([(name, module)])
         for b, chunk in enumerate(torch.tensor_split(order, n_bins)):
-            yield WeightUnit("magnitude_matrix", _layer_of(adapter, name), i * n_bins + b,
+            yield WeightUnit("magnitude_matrix", layer_of(adapter, name), i * n_bins + b,
                              f"{name} bin {b} of {n_bins}", {name: chunk.sort().values.to(module.weight.device)})
 
 
@@ -145,7 +145,7 @@ def weight_units(adapter: Adapter, group: str, n_bins: int = 10, seed: int = 0) 
 
 def first_layer(adapter: Adapter, unit: WeightUnit) -> int:
     """The first block whose output the unit's edit changes (the earliest layer among its matrices)."""
-    return min(_layer_of(adapter, name) for name in unit.entries)
+    return min(layer_of(adapter, name) for name in unit.entries)
 
 
 @contextmanager

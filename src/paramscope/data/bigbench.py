@@ -5,7 +5,8 @@ which BIG-bench's own code made: `JsonTask` formats each example (`default_forma
 prefix, the choices appended in a seeded order, the output prefix) and the bridge for Hugging Face datasets
 writes `inputs` (task prefix + formatted input), `targets`, `multiple_choice_targets` and
 `multiple_choice_scores`, which the `datasets` builder for BIG-bench stores with surrounding whitespace
-stripped (so a prompt ends "A:", and lm-eval's target delimiter adds the one space). This module repeats that formatting from the task files themselves, so lm-eval's
+stripped (so a prompt ends "A:", and lm-eval's target delimiter adds the one space). This module repeats that
+formatting from the task files themselves, so lm-eval's
 templates and metrics apply to documents built offline from a pinned archive.
 """
 

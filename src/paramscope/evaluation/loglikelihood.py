@@ -12,70 +12,15 @@ exactly as HFLM cuts them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
+from paramscope.evaluation.documents import ContinuationDoc, ContinuationScores, MultiContextDoc, Scores, docs_metric
+from paramscope.evaluation.forward import final_hidden, model_device, unembed_log_probs
 from paramscope.evaluation.positions import context_lengths
-from paramscope.evaluation.requests import Doc, encode_pair, instances_by_doc
-from paramscope.evaluation.scorer import Scores, _device, _hidden, _unembed_log_probs, docs_metric
 
 # HFLM's fallback when the model's config names no window
 DEFAULT_MAX_LENGTH = 2048
-
-
-@dataclass(frozen=True)
-class ContinuationDoc(Doc):
-    """A loglikelihood request: ``choices`` holds the one continuation, ``gold`` is 0."""
-
-
-@dataclass
-class ContinuationScores(Scores):
-    """Scores of loglikelihood documents: ``correct`` is lm-eval's is_greedy, not an argmax over choices."""
-
-    greedy: np.ndarray  # 1 where every continuation token is the model's argmax
-
-    @property
-    def correct(self) -> np.ndarray:
-        return self.greedy.astype(np.int8)
-
-    @property
-    def correct_acc(self) -> np.ndarray:
-        return self.correct
-
-    @property
-    def correct_norm(self) -> np.ndarray:  # no normalised variant: one continuation per document
-        return self.correct
-
-    def summary(self) -> dict[str, float]:
-        loss = float(-self.gold_ll.mean())
-        acc = float(self.greedy.mean())
-        return {"n": len(self.gold), "acc": acc, "acc_plain": acc, "acc_norm": acc, "loss": loss,
-                "ppl": float(np.exp(loss))}
-
-
-@dataclass(frozen=True)
-class MultiContextDoc(Doc):
-    """A multiple-choice document with one context per choice (lm-eval `multiple_input`): choice i is
-    the continuation ``choices[i]`` after ``contexts[i]``; ``context`` is the first of them."""
-
-    contexts: tuple[tuple[int, ...], ...]
-
-
-def multiple_input_docs(task, tokenizer, indices: list[int]) -> tuple[MultiContextDoc, ...]:
-    """Documents of an lm-eval `multiple_input` task whose requests are built (``task.instances``);
-    the gold index is what lm-eval uses there, ``doc_to_text(doc)``."""
-    docs = []
-    for doc_id, insts in instances_by_doc(task):
-        pairs = [encode_pair(tokenizer, *inst.args) for inst in insts]
-        contexts = tuple(tuple(ctx) for ctx, _ in pairs)
-        docs.append(MultiContextDoc(
-            doc_id=indices[doc_id], context=contexts[0], choices=tuple(tuple(c) for _, c in pairs),
-            choice_chars=tuple(len(c) for c in task.doc_to_choice(insts[0].doc)),
-            gold=int(task.doc_to_text(insts[0].doc)), contexts=contexts,
-        ))
-    return tuple(docs)
 
 
 def score_multiple_input(model, docs: list[MultiContextDoc] | tuple[MultiContextDoc, ...],
@@ -99,17 +44,6 @@ def score_choice_sequences(model, pairs_per_doc: list[list[tuple[tuple[int, ...]
     return np.split(flat, np.cumsum([len(pairs) for pairs in pairs_per_doc])[:-1])
 
 
-def continuation_docs(task, tokenizer, indices: list[int]) -> tuple[ContinuationDoc, ...]:
-    """Documents of an lm-eval loglikelihood task whose requests are built (``task.instances``)."""
-    docs = []
-    for inst in sorted(task.instances, key=lambda i: i.doc_id):
-        context, target = inst.args
-        ctx, cont = encode_pair(tokenizer, context, target)
-        docs.append(ContinuationDoc(doc_id=indices[inst.doc_id], context=tuple(ctx), choices=(tuple(cont),),
-                                    choice_chars=(len(target),), gold=0))
-    return tuple(docs)
-
-
 def max_length(model) -> int:
     """The model's window as HFLM reads it from the config."""
     for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
@@ -124,7 +58,7 @@ def score_continuations(model, docs: list[ContinuationDoc] | tuple[ContinuationD
                         batch_size: int = 64) -> ContinuationScores:
     """(ll, is_greedy) of every document's continuation under ``model`` (with any hooks it carries)."""
     docs = list(docs)
-    dev = _device(model)
+    dev = model_device(model)
     window = max_length(model)
     lls = np.empty(len(docs))
     greedy = np.zeros(len(docs), dtype=bool)
@@ -143,11 +77,11 @@ def score_continuations(model, docs: list[ContinuationDoc] | tuple[ContinuationD
         # the input is context + continuation[:-1]: its first len - len(continuation) + 1 positions are context
         n_context = torch.tensor([len(inputs[i]) - len(docs[i].choices[0]) + 1 for i in idx], device=dev)
         with context_lengths(n_context):
-            hidden = _hidden(model, ids.to(dev), mask.to(dev))
+            hidden = final_hidden(model, ids.to(dev), mask.to(dev))
         for row, i in enumerate(idx):
             cont = torch.tensor(docs[i].choices[0], device=dev)
             end = len(inputs[i])
-            logp = _unembed_log_probs(model, hidden[row, end - len(cont) : end])
+            logp = unembed_log_probs(model, hidden[row, end - len(cont) : end])
             lls[i] = logp[torch.arange(len(cont), device=dev), cont].double().sum().item()
             greedy[i] = bool((logp.argmax(dim=-1) == cont).all())
     return ContinuationScores(

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from paramscope.evaluation.requests import Doc
+from paramscope.evaluation.documents import Doc
 
 
 @dataclass(frozen=True)

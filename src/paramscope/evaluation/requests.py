@@ -3,45 +3,15 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 from paramscope.data.splits import check_split, split_indices
 from paramscope.errors import StudyError
+from paramscope.evaluation.documents import ContinuationDoc, Doc, MultiContextDoc, TaskDocs
 from paramscope.evaluation.local_data import task_source
 
 log = logging.getLogger(__name__)
-
-
-# What a multiple-choice task can be reported on: the argmax of the choices' log-likelihoods, or of
-# their log-likelihoods per character (lm-eval's acc_norm).
-METRICS: tuple[str, ...] = ("acc", "acc_norm")
-
-
-@dataclass(frozen=True)
-class Doc:
-    """One document: a context and its candidate continuations, as token ids."""
-
-    doc_id: int
-    context: tuple[int, ...]
-    choices: tuple[tuple[int, ...], ...]
-    choice_chars: tuple[int, ...]  # character lengths, for lm-eval's acc_norm
-    gold: int
-    # The metric the task is reported on (`acc`, or `acc_norm` where the field reports that): it decides
-    # which choice counts as the model's answer. Keyword-only, so subclasses may add plain fields.
-    metric: str = field(default="acc", kw_only=True)
-
-
-@dataclass(frozen=True)
-class TaskDocs:
-    task: str  # lm-eval task name
-    split: str
-    docs: tuple[Doc, ...]
-
-    @property
-    def doc_ids(self) -> list[int]:
-        return [d.doc_id for d in self.docs]
 
 
 def task_manager(include_path: str | Path | None):
@@ -126,12 +96,8 @@ def build_docs(
         indices = indices[:limit]
     task.build_all_requests(samples=indices, rank=0, world_size=1)
     if task.OUTPUT_TYPE == "loglikelihood":  # one continuation per document (e.g. lambada_openai)
-        from paramscope.evaluation.loglikelihood import continuation_docs
-
         return TaskDocs(task=task_name, split=split, docs=continuation_docs(task, tokenizer, indices))
     if task.multiple_input:  # one context per choice, one continuation (e.g. winogrande)
-        from paramscope.evaluation.loglikelihood import multiple_input_docs
-
         return TaskDocs(task=task_name, split=split, docs=multiple_input_docs(task, tokenizer, indices))
     docs = []
     for doc_id, insts in instances_by_doc(task):
@@ -153,3 +119,29 @@ def build_docs(
             )
         )
     return TaskDocs(task=task_name, split=split, docs=tuple(docs))
+
+
+def multiple_input_docs(task, tokenizer, indices: list[int]) -> tuple[MultiContextDoc, ...]:
+    """Documents of an lm-eval `multiple_input` task whose requests are built (``task.instances``);
+    the gold index is what lm-eval uses there, ``doc_to_text(doc)``."""
+    docs = []
+    for doc_id, insts in instances_by_doc(task):
+        pairs = [encode_pair(tokenizer, *inst.args) for inst in insts]
+        contexts = tuple(tuple(ctx) for ctx, _ in pairs)
+        docs.append(MultiContextDoc(
+            doc_id=indices[doc_id], context=contexts[0], choices=tuple(tuple(c) for _, c in pairs),
+            choice_chars=tuple(len(c) for c in task.doc_to_choice(insts[0].doc)),
+            gold=int(task.doc_to_text(insts[0].doc)), contexts=contexts,
+        ))
+    return tuple(docs)
+
+
+def continuation_docs(task, tokenizer, indices: list[int]) -> tuple[ContinuationDoc, ...]:
+    """Documents of an lm-eval loglikelihood task whose requests are built (``task.instances``)."""
+    docs = []
+    for inst in sorted(task.instances, key=lambda i: i.doc_id):
+        context, target = inst.args
+        ctx, cont = encode_pair(tokenizer, context, target)
+        docs.append(ContinuationDoc(doc_id=indices[inst.doc_id], context=tuple(ctx), choices=(tuple(cont),),
+                                    choice_chars=(len(target),), gold=0))
+    return tuple(docs)

@@ -9,7 +9,8 @@ import pandas as pd
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from paramscope.evaluation.scorer import Scores, score
+from paramscope.evaluation.documents import Scores
+from paramscope.evaluation.scorer import score
 from paramscope.evaluation.tasks import split_definition, task_docs
 from paramscope.models import zoo
 from paramscope.store import cell_done, cell_key, cell_path, write_cell

@@ -10,79 +10,17 @@ The numbers equal HFLM's log-likelihoods; a test checks the accuracies are ident
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from paramscope.evaluation.documents import ContinuationDoc, Doc, MultiContextDoc, Scores, docs_metric
+from paramscope.evaluation.forward import final_hidden, model_device, unembed_log_probs
 from paramscope.evaluation.kv_cache import cache_argument, output_cache
+from paramscope.evaluation.loglikelihood import score_choice_sequences, score_continuations, score_multiple_input
 from paramscope.evaluation.packing import batch_of, log_probs_at, packed_length, packing_limit
 from paramscope.evaluation.positions import context_lengths
-from paramscope.evaluation.requests import Doc
-
-
-@dataclass
-class Scores:
-    """Per-document results, aligned with the docs that were scored."""
-
-    doc_ids: np.ndarray
-    lls: list[np.ndarray]  # log-likelihood of each choice
-    gold: np.ndarray
-    choice_chars: list[np.ndarray]
-    metric: str = field(default="acc", kw_only=True)  # the task's metric (`Doc.metric`)
-
-    @property
-    def correct(self) -> np.ndarray:
-        """Per-document correctness under the task's metric: every delta, CI and choice builds on this."""
-        return self.correct_norm if self.metric == "acc_norm" else self.correct_acc
-
-    @property
-    def correct_acc(self) -> np.ndarray:
-        return np.array([int(np.argmax(ll) == g) for ll, g in zip(self.lls, self.gold)], dtype=np.int8)
-
-    @property
-    def correct_norm(self) -> np.ndarray:
-        return np.array(
-            [int(np.argmax(ll / n) == g) for ll, n, g in zip(self.lls, self.choice_chars, self.gold)],
-            dtype=np.int8,
-        )
-
-    @property
-    def gold_ll(self) -> np.ndarray:
-        return np.array([ll[g] for ll, g in zip(self.lls, self.gold)], dtype=np.float64)
-
-    def summary(self) -> dict[str, float]:
-        return {
-            "n": len(self.gold),
-            "acc": float(self.correct.mean()),  # under the task's metric
-            "acc_plain": float(self.correct_acc.mean()),
-            "acc_norm": float(self.correct_norm.mean()),
-            "loss": float(-self.gold_ll.mean()),
-        }
-
-
-def docs_metric(docs: list[Doc] | tuple[Doc, ...]) -> str:
-    """The one metric a set of documents is scored on (documents of one task share it)."""
-    found = {d.metric for d in docs}
-    if len(found) > 1:
-        raise ValueError(f"documents of different metrics ({', '.join(sorted(found))}) cannot be scored together")
-    return found.pop() if found else "acc"
-
-
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kw):
-    """Final hidden states (after the final norm), without the unembedding."""
-    out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kw)
-    return out.last_hidden_state
-
-
-def _unembed_log_probs(model, hidden: torch.Tensor) -> torch.Tensor:
-    return F.log_softmax(model.get_output_embeddings()(hidden).float(), dim=-1)
 
 
 @torch.inference_mode()
@@ -96,7 +34,8 @@ def _score_batched(model, docs: list[Doc], batch_size: int) -> list[np.ndarray]:
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = batch_of([docs[i] for i in idx], param.device, param.dtype)
-        # Packed rows hold choice tokens after the context: hooks that must see the context alone are told where it ends.
+        # Packed rows hold choice tokens after the context: hooks that must see the context alone are told where
+        # it ends.
         with context_lengths(batch.context_lengths) if batch.packed else nullcontext():
             hidden = model.base_model(**batch.model_inputs(), use_cache=False).last_hidden_state
         logp = log_probs_at(nn.Identity(), model.get_output_embeddings(), hidden, batch.readout)
@@ -106,10 +45,10 @@ def _score_batched(model, docs: list[Doc], batch_size: int) -> list[np.ndarray]:
 
 
 @torch.inference_mode()
-def _score_shared_context(model, doc: Doc) -> np.ndarray:
+def score_shared_context(model, doc: Doc) -> np.ndarray:
     """Multi-token choices of a document too long to pack (`packing.packing_limit`): encode the context
     once, then all choices against its cached keys/values."""
-    dev = _device(model)
+    dev = model_device(model)
     ctx = torch.tensor([doc.context], device=dev)
     # The last context token predicts the first choice token, so it goes with the choices.
     prefix, first = ctx[:, :-1], ctx[:, -1:]
@@ -135,11 +74,11 @@ def _score_shared_context(model, doc: Doc) -> np.ndarray:
                           **{cache_argument(base): cache}).last_hidden_state
     else:
         with context_lengths(torch.ones(n, dtype=torch.long, device=dev)):
-            hidden = _hidden(model, ids, cmask)
+            hidden = final_hidden(model, ids, cmask)
     lls = np.empty(n)
     for row, choice in enumerate(doc.choices):
         # Unembed only the positions that predict this choice's tokens.
-        logp = _unembed_log_probs(model, hidden[row, : len(choice)])
+        logp = unembed_log_probs(model, hidden[row, : len(choice)])
         lls[row] = logp[torch.arange(len(choice)), torch.tensor(choice, device=dev)].double().sum().item()
     return lls
 
@@ -147,20 +86,12 @@ def _score_shared_context(model, doc: Doc) -> np.ndarray:
 def score(model, docs: list[Doc] | tuple[Doc, ...], batch_size: int = 64, share_context: bool = True) -> Scores:
     """Log-likelihood of every choice of every doc under ``model`` (with any hooks it carries).
 
-    Documents of a loglikelihood task (`loglikelihood.ContinuationDoc`) are scored as lm-eval scores
+    Documents of a loglikelihood task (`documents.ContinuationDoc`) are scored as lm-eval scores
     them (log-likelihood and greedy match of the one continuation), in their own module.
     ``share_context=False`` scores each multi-token choice as a whole sequence of its own, for hooks
     whose statistics span the sequence (VPS), which a shared key/value cache would split in two.
     """
     docs = list(docs)
-    from paramscope.evaluation.loglikelihood import (
-        ContinuationDoc,
-        MultiContextDoc,
-        score_choice_sequences,
-        score_continuations,
-        score_multiple_input,
-    )
-
     for kind, scorer in ((ContinuationDoc, score_continuations), (MultiContextDoc, score_multiple_input)):
         n_kind = sum(isinstance(d, kind) for d in docs)
         if n_kind:
@@ -180,7 +111,7 @@ def score(model, docs: list[Doc] | tuple[Doc, ...], batch_size: int = 64, share_
             for i, ll in zip(packable, _score_batched(model, [docs[i] for i in packable], batch_size)):
                 lls[i] = ll
         for i in sorted(set(multi) - set(packable)):
-            lls[i] = _score_shared_context(model, docs[i])
+            lls[i] = score_shared_context(model, docs[i])
     elif multi:
         pairs = [[(docs[i].context, choice) for choice in docs[i].choices] for i in multi]
         for i, ll in zip(multi, score_choice_sequences(model, pairs, batch_size)):

@@ -10,8 +10,10 @@ from omegaconf import DictConfig
 
 from paramscope.data.bigbench import lm_eval_name
 from paramscope.errors import check_choice
+from paramscope.evaluation.chosen import kept_tasks
+from paramscope.evaluation.documents import METRICS, TaskDocs
 from paramscope.evaluation.local_data import data_spec
-from paramscope.evaluation.requests import METRICS, TaskDocs, build_docs
+from paramscope.evaluation.requests import build_docs
 
 
 def lm_eval_task(cfg: DictConfig, task: str) -> tuple[str, str | None]:
@@ -91,7 +93,8 @@ def split_definition(cfg: DictConfig) -> dict[str, object]:
     result cell's key carries it: a changed split or metric must never reuse cells (or dev choices) made
     under the old one. Tasks on plain accuracy add nothing, so their cells keep their keys."""
     metrics = {str(t): str(m) for t, m in (cfg.get("task_metrics") or {}).items() if m != "acc"}
-    return {"split_seed": int(cfg.seed), "dev_fraction": dev_fraction(cfg), **({"task_metrics": metrics} if metrics else {})}
+    return {"split_seed": int(cfg.seed), "dev_fraction": dev_fraction(cfg),
+            **({"task_metrics": metrics} if metrics else {})}
 
 
 def task_docs(cfg: DictConfig, task: str, split: str, tokenizer) -> TaskDocs:
@@ -107,7 +110,5 @@ def atlas_tasks(cfg: DictConfig) -> list[str]:
     dev (`chosen`, the tasks report's kept list); what builds on the atlas follows it."""
     tasks = cfg.ablate.get("tasks")
     if tasks == "chosen":
-        from paramscope.report.tasks import kept_tasks
-
         return kept_tasks(cfg)
     return list(tasks or cfg.tasks)

@@ -74,7 +74,8 @@ def train_noise_twin(cfg: DictConfig, name: str, models_dir: Path, steps: int) -
     """Train and save `<name>-noise` for `steps` optimizer steps (the variant's own count)."""
     start = check_twin_start(cfg, name, models_dir)
     t = cfg.train
-    batch_size, seq_len, device = int(t.noise_twin.batch_size), int(t.noise_twin.get("seq_len") or t.seq_len), cfg.device
+    batch_size, seq_len, device = (int(t.noise_twin.batch_size), int(t.noise_twin.get("seq_len") or t.seq_len),
+                                   cfg.device)
     tokenizer = AutoTokenizer.from_pretrained(start)
     model = AutoModelForCausalLM.from_pretrained(start, attn_implementation=t.get("attn_implementation", "eager"))
     model.to(device).train()

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from paramscope.ablation.interventions import UnitSpec, record
-from paramscope.evaluation.requests import Doc
+from paramscope.evaluation.documents import Doc
 from paramscope.models.adapters import Adapter, weight_in_out
 from paramscope.optimize.profile import Unit
 

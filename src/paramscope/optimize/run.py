@@ -31,8 +31,8 @@ from paramscope.ablation.atlas import paired_row
 from paramscope.ablation.interventions import apply
 from paramscope.ablation.run import selected
 from paramscope.errors import StudyError, check_choice
-from paramscope.evaluation.requests import Doc
-from paramscope.evaluation.scorer import Scores, score
+from paramscope.evaluation.documents import Doc, Scores
+from paramscope.evaluation.scorer import score
 from paramscope.evaluation.tasks import atlas_tasks, split_definition, task_docs
 from paramscope.models import zoo
 from paramscope.models.adapters import Adapter, get_adapter
@@ -165,7 +165,8 @@ class ModelJob:
 
     def clean(self, task: str, split: str) -> Scores:
         if (task, split) not in self._clean:
-            self._clean[(task, split)] = score(self.adapter.model, self.docs(task, split), self.plan.settings.batch_size)
+            self._clean[(task, split)] = score(self.adapter.model, self.docs(task, split),
+                                               self.plan.settings.batch_size)
         return self._clean[(task, split)]
 
     def scored(self, profile: Profile, task: str, split: str) -> Scores:
@@ -236,7 +237,8 @@ class ModelJob:
         if self._existing(path) is not None:
             return
         controls = random_profiles(profile, self.units, plan.n_controls, plan.seed, plan.settings.scale_range)
-        rows = [{"split": "test", "draw": i, "config": plan.tag, "k": plan.k, "budget": plan.settings.budget, "n_factors": c.n_factors,
+        rows = [{"split": "test", "draw": i, "config": plan.tag, "k": plan.k, "budget": plan.settings.budget,
+                 "n_factors": c.n_factors,
                  "strength": c.strength, "profile": json.dumps(c.to_json(), sort_keys=True),
                  **paired(self.clean(task, "test"), self.scored(c, task, "test"), plan)}
                 for i, c in enumerate(controls)]
@@ -248,8 +250,9 @@ class ModelJob:
                                targets=targets)
         if self._existing(path) is not None:
             return
-        rows = [{"split": "test", "target_task": target, "config": plan.tag, "k": plan.k, "budget": plan.settings.budget,
-                 "n_factors": profile.n_factors, **paired(self.clean(target, "test"), self.scored(profile, target, "test"), plan)}
+        rows = [{"split": "test", "target_task": target, "config": plan.tag, "k": plan.k,
+                 "budget": plan.settings.budget, "n_factors": profile.n_factors,
+                 **paired(self.clean(target, "test"), self.scored(profile, target, "test"), plan)}
                 for target in targets]
         self._write(rows, key, path, "transfer", task)
 
@@ -268,7 +271,8 @@ class ModelJob:
             ("wanda", -1, ascending(units, wanda_scores(self.adapter, units, input_norms(
                 self.adapter, dev, group, plan.settings.batch_size)))),
         ]
-        orders += [("random", draw, random_order(units, plan.seed * 1000 + draw)) for draw in range(plan.n_random_orders)]
+        orders += [("random", draw, random_order(units, plan.seed * 1000 + draw))
+                   for draw in range(plan.n_random_orders)]
         rows = []
         for ordering, draw, order in tqdm(orders, desc=f"{task} {group} compression", leave=False):
             for fraction in plan.fractions:

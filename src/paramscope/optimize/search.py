@@ -34,8 +34,8 @@ from tqdm import tqdm
 
 from paramscope.ablation.interventions import apply
 from paramscope.errors import StudyError
-from paramscope.evaluation.requests import Doc
-from paramscope.evaluation.scorer import Scores, score
+from paramscope.evaluation.documents import Doc, Scores
+from paramscope.evaluation.scorer import score
 from paramscope.models.adapters import Adapter
 from paramscope.optimize.profile import Profile, Unit
 

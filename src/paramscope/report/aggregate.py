@@ -169,7 +169,7 @@ def _unique(df: pd.DataFrame, keys: list[str], stage: str) -> None:
                          f"an older run; rerun the '{PRODUCER[stage]}' stage")
 
 
-def _order(values: Iterable[object], preferred: Sequence[object]) -> list:
+def preferred_order(values: Iterable[object], preferred: Sequence[object]) -> list:
     present = set(values)
     return [v for v in preferred if v in present] + sorted(v for v in present if v not in preferred)
 
@@ -181,7 +181,7 @@ def _sorted(df: pd.DataFrame, s: Settings, extra: Sequence[str] = ()) -> pd.Data
     for col, preferred in (("model", s.models), ("task", s.tasks), ("split", (s.select_split, s.split)),
                            ("group", GROUP_ORDER)):
         if col in tmp.columns:
-            rank = {v: i for i, v in enumerate(_order(tmp[col], preferred))}
+            rank = {v: i for i, v in enumerate(preferred_order(tmp[col], preferred))}
             tmp[f"_{col}"] = tmp[col].map(rank)
             keys.append(f"_{col}")
     keys += [c for c in ("op", "value", *extra) if c in tmp.columns]
@@ -227,7 +227,7 @@ def model_pairs(ev: pd.DataFrame, s: Settings) -> pd.DataFrame:
 
     q is BH across the tasks of one pair: each pair asks its own question ("where does gen2 differ?").
     """
-    present = _order(ev["model"], s.models)
+    present = preferred_order(ev["model"], s.models)
     cols = ["model", "reference", "task", "split", "n", "acc_model", "acc_reference", "delta_acc",
             "ci_low", "ci_high", "p_mcnemar", "q", "significant"]
     rows = []
@@ -237,7 +237,7 @@ def model_pairs(ev: pd.DataFrame, s: Settings) -> pd.DataFrame:
             if m not in present:
                 raise StudyError(f"model pair {model}/{ref}: no eval results for '{m}'; models with results: "
                                  f"{', '.join(present)}")
-        for task in _order(ev["task"], s.tasks):
+        for task in preferred_order(ev["task"], s.tasks):
             if (model, task) not in test.index or (ref, task) not in test.index:
                 raise StudyError(f"model pair {model}/{ref}: no {s.split} results on task '{task}' for both models")
             a, b = _aligned(test.loc[(model, task)], test.loc[(ref, task)], f"pair {model}/{ref} on {task}")
@@ -382,13 +382,13 @@ def spearman(atlas: pd.DataFrame, s: Settings) -> pd.DataFrame:
     cols = ["group", "kind", "scope", "a", "b", "rho", "p", "n_units"]
     rows = []
     base = atlas[(atlas["split"] == s.split) & (atlas["op"] == "zero") & atlas["group"].isin(UNIT_GROUPS)]
-    for group in _order(base["group"], GROUP_ORDER):
+    for group in preferred_order(base["group"], GROUP_ORDER):
         g = base[base["group"] == group]
         views = (("task", "model", "task", s.models, s.tasks), ("model", "task", "model", s.tasks, s.models))
         for kind, scope_col, name_col, scopes, names in views:
-            for scope in _order(g[scope_col], scopes):
+            for scope in preferred_order(g[scope_col], scopes):
                 wide = g[g[scope_col] == scope].pivot(index=["layer", "unit"], columns=name_col, values="delta_acc")
-                labels = _order(wide.columns, names)
+                labels = preferred_order(wide.columns, names)
                 for i, a in enumerate(labels):
                     for b in labels[i + 1:]:
                         x, y = -wide[a].to_numpy(float), -wide[b].to_numpy(float)
@@ -435,10 +435,10 @@ def build_macros(rep: Reports, s: Settings) -> dict[str, str]:
         m.add(value, name)
 
     clean = rep.clean
-    models, tasks = _order(clean["model"], s.models), _order(clean["task"], s.tasks)
+    models, tasks = preferred_order(clean["model"], s.models), preferred_order(clean["task"], s.tasks)
     m.add(len(models), "NModels")
     m.add(len(tasks), "NTasks")
-    m.add(len(_order(rep.atlas["model"], s.models)), "NAblatedModels")
+    m.add(len(preferred_order(rep.atlas["model"], s.models)), "NAblatedModels")
     for name in models + [t for t in tasks if t not in models]:
         m.add(rf"\textsf{{{tex.escape(name)}}}", "Name", name)
     for (task, split), g in clean.groupby(["task", "split"], sort=False):
@@ -643,9 +643,9 @@ def _summary_table(maps: pd.DataFrame, s: Settings) -> str:
     types = list(dict.fromkeys(zip(maps["group"], maps["op"], maps["value"])))
     by = maps.set_index(["model", "task", "group", "op", "value"])
     rows = []
-    for model in _order(maps["model"], s.models):
+    for model in preferred_order(maps["model"], s.models):
         rows.append(None)
-        for task in _order(maps[maps["model"] == model]["task"], s.tasks):
+        for task in preferred_order(maps[maps["model"] == model]["task"], s.tasks):
             cells = []
             for t in types:
                 r = by.loc[(model, task, *t)] if (model, task, *t) in by.index else None
@@ -660,10 +660,10 @@ def build_tables(rep: Reports, s: Settings) -> dict[str, str]:
     tables = {}
     level = f"{s.level * 100:g}\\%"
     clean = rep.clean[rep.clean["split"] == s.split]
-    tasks = _order(clean["task"], s.tasks)
+    tasks = preferred_order(clean["task"], s.tasks)
     by = clean.set_index(["model", "task"])
     rows = []
-    for model in _order(clean["model"], s.models):
+    for model in preferred_order(clean["model"], s.models):
         cells = [_cell(*by.loc[(model, t), ["acc", "ci_low", "ci_high"]]) if (model, t) in by.index else tex.DASH
                  for t in tasks]
         rows.append([rf"\textsf{{{tex.escape(model)}}}", *cells])
@@ -682,7 +682,8 @@ def build_tables(rep: Reports, s: Settings) -> dict[str, str]:
 
     maps = rep.maps[rep.maps["split"] == s.split]
     weights = ~maps["group"].isin(GROUP_ORDER)  # matrix, magnitude, ... : weight edits, not activation sites
-    for name, ops, part in (("atlas_summary", ["zero"], ~weights), ("atlas_summary_weights", ["zero", "scale"], weights),
+    for name, ops, part in (("atlas_summary", ["zero"], ~weights),
+                            ("atlas_summary_weights", ["zero", "scale"], weights),
                             ("atlas_summary_scale", ["scale"], ~weights),
                             ("atlas_summary_replace", ["mean", "resample", "noise"], ~weights)):
         part = maps[maps["op"].isin(ops) & part]

@@ -19,7 +19,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from paramscope.errors import StudyError
-from paramscope.report.aggregate import GROUP_ORDER, SITE_GROUPS, UNIT_GROUPS, _order
+from paramscope.report.aggregate import GROUP_ORDER, SITE_GROUPS, UNIT_GROUPS, preferred_order
 from paramscope.report.style import (
     CORRELATION,
     DIVERGING,
@@ -55,10 +55,10 @@ class Inputs:
     tasks: tuple[str, ...] = ()
 
     def model_order(self, values: pd.Series) -> list[str]:
-        return _order(values, self.models)
+        return preferred_order(values, self.models)
 
     def task_order(self, values: pd.Series) -> list[str]:
-        return _order(values, self.tasks)
+        return preferred_order(values, self.tasks)
 
 
 def load_inputs(reports: Path, split: str, models: Sequence[str] = (), tasks: Sequence[str] = ()) -> Inputs:
@@ -263,7 +263,8 @@ def magnitude_curves(inp: Inputs) -> Figure:
                     y = m["delta_acc"].to_numpy() * 100
                     ax.plot(m["bin"], y, style, color=palette[task], lw=0.9, marker="o" if group == "magnitude" else "",
                             ms=2.5, label=task if group == "magnitude" else None)
-                    ax.fill_between(m["bin"], m["ci_low"] * 100, m["ci_high"] * 100, color=palette[task], alpha=0.12, lw=0)
+                    ax.fill_between(m["bin"], m["ci_low"] * 100, m["ci_high"] * 100, color=palette[task],
+                                    alpha=0.12, lw=0)
             ax.set_title(kind if i == 0 else "", fontsize="small")
             ax.set_ylabel(f"{model}\n{DELTA_LABEL}" if j == 0 else "")
     fig.supxlabel("|w| quantile bin, smallest to largest (dashed: random control of equal size)", fontsize="small")
@@ -285,7 +286,8 @@ def concentration_curves(inp: Inputs, group: str) -> Figure:
     for ax, model in zip(axes, models):
         ax.plot([0, 1], [0, 1], color="0.7", lw=0.6, ls=":")
         for task in tasks:
-            damage = np.sort(np.clip(-df[(df["model"] == model) & (df["task"] == task)]["delta_acc"].to_numpy(), 0, None))[::-1]
+            damage = np.sort(np.clip(-df[(df["model"] == model) & (df["task"] == task)]["delta_acc"].to_numpy(),
+                                     0, None))[::-1]
             if damage.size == 0 or damage.sum() <= 0:
                 continue  # no harmful unit: no share to draw
             x = np.arange(damage.size + 1) / damage.size
@@ -339,7 +341,8 @@ def interaction_plot(inp: Inputs) -> Figure:
             t = m[m["task"] == task]
             y = t["nonadd"].to_numpy() * 100
             err = np.vstack([y - t["nonadd_ci_low"].to_numpy() * 100, t["nonadd_ci_high"].to_numpy() * 100 - y])
-            ax.errorbar(t.index.to_numpy(), y, yerr=err, fmt="o", ms=2.5, lw=0.8, capsize=1.2, color=palette[task], label=task)
+            ax.errorbar(t.index.to_numpy(), y, yerr=err, fmt="o", ms=2.5, lw=0.8, capsize=1.2, color=palette[task],
+                        label=task)
         ax.set_title(model)
         ax.set_xticks([])
     fig.supxlabel("pairs of top heads (chosen on the selection split)", fontsize="small")
@@ -370,7 +373,7 @@ def all_figures(inp: Inputs) -> Iterator[tuple[str, Callable[[], Figure]]]:
         yield "screen_vs_exact", lambda: screen_vs_exact(inp)
     if len(inp.interactions) and (inp.interactions["split"] == inp.split).any():
         yield "interactions", lambda: interaction_plot(inp)
-    for group in _order(inp.spearman["group"], GROUP_ORDER):
+    for group in preferred_order(inp.spearman["group"], GROUP_ORDER):
         for kind, suffix in (("task", ""), ("model", "_models")):
             if len(inp.spearman[(inp.spearman["group"] == group) & (inp.spearman["kind"] == kind)]):
                 yield f"spearman_{group}{suffix}", lambda g=group, k=kind: correlation_matrices(inp, g, k)

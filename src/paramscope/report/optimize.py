@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 from paramscope.errors import StudyError
 from paramscope.report import latex as tex
-from paramscope.report.aggregate import Settings, _order
+from paramscope.report.aggregate import Settings, preferred_order
 from paramscope.report.output import write_csv, write_json, write_text
 from paramscope.report.style import (
     DIVERGING,
@@ -176,7 +176,7 @@ def _ordered(df: pd.DataFrame, s: Settings, extra: tuple[str, ...] = ()) -> pd.D
                            ("group", GROUP_ORDER), ("ordering", ORDERING_ORDER), ("method", ("coordinate", "cmaes")),
                            ("split", (s.select_split, s.split))):
         if col in tmp.columns:
-            rank = {v: i for i, v in enumerate(_order(tmp[col], preferred))}
+            rank = {v: i for i, v in enumerate(preferred_order(tmp[col], preferred))}
             tmp[f"_{col}"] = tmp[col].map(rank)
             keys.append(f"_{col}")
     tmp = tmp.sort_values(keys + list(extra), kind="mergesort")
@@ -321,7 +321,7 @@ def search_table(search: pd.DataFrame, control: pd.DataFrame, s: Settings) -> st
 
 
 def transfer_table(transfer: pd.DataFrame, s: Settings) -> str:
-    targets = _order(transfer.target_task, s.tasks)
+    targets = preferred_order(transfer.target_task, s.tasks)
     header = [r"Profile $\downarrow$ / scored on $\rightarrow$", *[tex.escape(t) for t in targets]]
     rows = []
     for task, g in transfer.groupby("task", sort=False):
@@ -349,7 +349,8 @@ def configs_table(search: pd.DataFrame, s: Settings) -> str:
     rows: list[list[str] | None] = []
     for (config, task), g in search[search.selected].groupby(["config", "task"], sort=False):
         dev, test = g[g.split == s.select_split].iloc[0], g[g.split == s.split].iloc[0]
-        rows.append([tex.escape(config), tex.escape(task), f"{tex.pct(dev.delta_acc)} {tex.ci(dev.ci_low, dev.ci_high)}",
+        rows.append([tex.escape(config), tex.escape(task),
+                     f"{tex.pct(dev.delta_acc)} {tex.ci(dev.ci_low, dev.ci_high)}",
                      f"{tex.pct(test.delta_acc)} {tex.ci(test.ci_low, test.ci_high)}"])
     return tex.booktabs(header, rows, "llrr")
 
@@ -357,14 +358,16 @@ def configs_table(search: pd.DataFrame, s: Settings) -> str:
 # ------------------------------------------------------------------------------------------ figures
 
 
-def gain_figure(search: pd.DataFrame, control: pd.DataFrame, raw_control: pd.DataFrame, s: Settings, path: Path) -> None:
+def gain_figure(search: pd.DataFrame, control: pd.DataFrame, raw_control: pd.DataFrame, s: Settings,
+                path: Path) -> None:
     """Per task: the selected profile's dev and test deltas with CIs, and the random profiles on test."""
     chosen = search[search.selected]
-    tasks = _order(chosen.task, s.tasks)
+    tasks = preferred_order(chosen.task, s.tasks)
     palette = colors([s.select_split, s.split, "random"])
     fig = new_figure(TEXT_WIDTH, 2.4)
     axes = fig.subplots(1, 2)
-    for ax, (col, lo, hi, label, scale) in zip(axes, [("delta_acc", "ci_low", "ci_high", r"$\Delta$ accuracy (pp)", 100),
+    for ax, (col, lo, hi, label, scale) in zip(axes, [("delta_acc", "ci_low", "ci_high",
+                                                       r"$\Delta$ accuracy (pp)", 100),
                                                       ("delta_ll", "ll_ci_low", "ll_ci_high",
                                                        r"$\Delta$ mean gold log-lik. (nats)", 1)]):
         for offset, split in ((-0.2, s.select_split), (0.0, s.split)):
@@ -386,8 +389,8 @@ def gain_figure(search: pd.DataFrame, control: pd.DataFrame, raw_control: pd.Dat
 
 
 def transfer_figure(transfer: pd.DataFrame, s: Settings, path: Path) -> None:
-    tasks = _order(transfer.task, s.tasks)
-    targets = _order(transfer.target_task, s.tasks)
+    tasks = preferred_order(transfer.task, s.tasks)
+    targets = preferred_order(transfer.target_task, s.tasks)
     wide = transfer.pivot(index="task", columns="target_task", values="delta_acc").loc[tasks, targets] * 100
     fig = new_figure(TEXT_WIDTH * 0.55, 2.4)
     ax = fig.subplots()
@@ -402,8 +405,8 @@ def transfer_figure(transfer: pd.DataFrame, s: Settings, path: Path) -> None:
 
 def compression_figure(curves: pd.DataFrame, s: Settings, path: Path) -> None:
     test = curves[curves.split == s.split]
-    tasks = _order(test.task, s.tasks)
-    groups = _order(test.group, GROUP_ORDER)
+    tasks = preferred_order(test.task, s.tasks)
+    groups = preferred_order(test.group, GROUP_ORDER)
     palette = {**colors(list(ORDERING_ORDER)), "random": (0.45, 0.45, 0.45)}
     fig = new_figure(TEXT_WIDTH, 1.6 * len(groups) + 0.6)
     axes = np.atleast_2d(fig.subplots(len(groups), len(tasks), sharex=True, sharey=True, squeeze=False))
@@ -411,11 +414,12 @@ def compression_figure(curves: pd.DataFrame, s: Settings, path: Path) -> None:
         for j, task in enumerate(tasks):
             ax = axes[i, j]
             part = test[(test.group == group) & (test.task == task)]
-            for ordering in _order(part.ordering, ORDERING_ORDER):
+            for ordering in preferred_order(part.ordering, ORDERING_ORDER):
                 line = part[part.ordering == ordering].sort_values("fraction")
                 ax.plot(line.fraction, line.acc * 100, marker="o", ms=2, lw=1, color=palette[ordering],
                         label=ordering)
-                ax.fill_between(line.fraction, (line.acc_clean + line.ci_low) * 100, (line.acc_clean + line.ci_high) * 100,
+                ax.fill_between(line.fraction, (line.acc_clean + line.ci_low) * 100,
+                                (line.acc_clean + line.ci_high) * 100,
                                 color=palette[ordering], alpha=0.15, lw=0)
             if len(part):
                 ax.axhline((part.acc_clean.iloc[0] - TOLERANCE) * 100, color="0.4", lw=0.6, ls="--")

@@ -219,7 +219,8 @@ def _setting(cfg: DictConfig, name: str, values: pd.Series) -> float:
     if cfg.get(name) is not None:
         wanted = float(cfg.get(name))
         if wanted not in present:
-            raise StudyError(f"no structure results for {name}={wanted:g}; valid: {', '.join(f'{v:g}' for v in present)}")
+            raise StudyError(f"no structure results for {name}={wanted:g}; "
+                             f"valid: {', '.join(f'{v:g}' for v in present)}")
         return wanted
     if len(present) != 1:
         raise StudyError(f"structure results hold several {name} values ({', '.join(f'{v:g}' for v in present)}); "
@@ -261,7 +262,8 @@ def report(cfg: DictConfig, results: Path, out: Path) -> dict:
         ratio = float(np.median(m.drift_rms / m.drift_ref_scale)) if reference != "none" else math.nan
         macros[_m(model, "DriftRatio")] = tex.num(ratio, 2)
         metrics[f"{model}/drift_rms_over_twin"] = ratio
-        overall = {c: float(np.average(m[c], weights=m.n)) for c in ("frac_indist", "frac_indist_value", "frac_indist_drift")}
+        overall = {c: float(np.average(m[c], weights=m.n))
+                   for c in ("frac_indist", "frac_indist_value", "frac_indist_drift")}
         macros[_m(model, "Indist")] = tex.pct(overall["frac_indist"])
         macros[_m(model, "IndistValue")] = tex.pct(overall["frac_indist_value"])
         macros[_m(model, "IndistDrift")] = tex.pct(overall["frac_indist_drift"])
@@ -277,7 +279,8 @@ def report(cfg: DictConfig, results: Path, out: Path) -> dict:
             macros[_m(model, "Indist", t, "Min")] = tex.pct(lo)
             macros[_m(model, "Indist", t, "Max")] = tex.pct(hi)
             cells.append(tex.pct(frac))
-        cells += [tex.pct(overall["frac_indist"]), tex.pct(overall["frac_indist_value"]), tex.pct(overall["frac_indist_drift"])]
+        cells += [tex.pct(overall["frac_indist"]), tex.pct(overall["frac_indist_value"]),
+                  tex.pct(overall["frac_indist_drift"])]
         e = edges[edges.model == model]
         for kind in ("heads", "neurons"):
             sub = e[e.unit_kind == kind]
@@ -296,21 +299,24 @@ def report(cfg: DictConfig, results: Path, out: Path) -> dict:
         macros[_m(model, method, "Overlap")] = tex.pct(g.overlap_with_twin.iloc[0])
     first = matrices[matrices.model == models[0]]
     macros[_m("Fdr")] = tex.num(fdr, 2)
-    macros[_m("ParamsPerHeadEdge")] = tex.integer(edges[edges.unit_kind == "heads"].params_per_edge.iloc[0]) if (edges.unit_kind == "heads").any() else tex.DASH
+    macros[_m("ParamsPerHeadEdge")] = (tex.integer(edges[edges.unit_kind == "heads"].params_per_edge.iloc[0])
+                                       if (edges.unit_kind == "heads").any() else tex.DASH)
     macros[_m("NMatrices")] = tex.integer(len(first))
     # the value test's null per matrix: normal where the step-0 entries fit one (the smallest p is then
     # the normal tail's), empirical otherwise (floored at 1/(n0 + 1))
     macros[_m("ValueNullNormal")] = tex.integer(int((matrices.value_null == "normal").sum()))
     macros[_m("ValueNullTotal")] = tex.integer(len(matrices))
     empirical = matrices[matrices.value_null == "empirical"]
-    macros[_m("ValueEmpiricalFloor")] = tex.pval(float(empirical.value_smallest_p.max())) if len(empirical) else tex.DASH
+    macros[_m("ValueEmpiricalFloor")] = (tex.pval(float(empirical.value_smallest_p.max())) if len(empirical)
+                                         else tex.DASH)
     metrics["value_null_normal_fraction"] = float((matrices.value_null == "normal").mean())
     # the drift test's null per matrix, where a noise twin exists: normal or empirical, as for the value test
     twinned = matrices[matrices.drift_null != "none"]
     macros[_m("DriftNullNormal")] = tex.integer(int((twinned.drift_null == "normal").sum()))
     macros[_m("DriftNullTotal")] = tex.integer(len(twinned))
     empirical = twinned[twinned.drift_null == "empirical"]
-    macros[_m("DriftEmpiricalFloor")] = tex.pval(float(empirical.drift_smallest_p.max())) if len(empirical) else tex.DASH
+    macros[_m("DriftEmpiricalFloor")] = (tex.pval(float(empirical.drift_smallest_p.max())) if len(empirical)
+                                         else tex.DASH)
     write_text(out / "tables" / "indistinguishable.tex", tex.booktabs(
         ["model", "step 0", "noise twin", *[TYPE_LABELS[t] for t in MATRIX_TYPES], "all", "value", "drift",
          "head edges", "neuron edges"],
@@ -356,7 +362,8 @@ def report(cfg: DictConfig, results: Path, out: Path) -> dict:
         cells.append(tex.pct(p.loc["indist"].sparsity) if "indist" in p.index else tex.DASH)
         rows_anneal.append(cells)
     write_text(out / "tables" / "annealing.tex", tex.booktabs(
-        ["model", "anneal", "magnitude", "anneal", "magnitude", "anneal", "magnitude", "indist. set", "indist. sparsity"],
+        ["model", "anneal", "magnitude", "anneal", "magnitude", "anneal", "magnitude", "indist. set",
+         "indist. sparsity"],
         rows_anneal, "l" + "r" * 8,
         header_rows=[["", r"\multicolumn{2}{c}{sparsity at step (\%)}", r"\multicolumn{2}{c}{interpolated (\%)}",
                       r"\multicolumn{3}{c}{$\Delta$ " + tex.escape(split) + r" accuracy (pp)}", ""]]))

@@ -12,7 +12,6 @@ study "the chosen tasks" (`ablate.tasks: chosen`) read `kept.json` from here.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from paramscope.errors import StudyError
+from paramscope.evaluation.chosen import KEPT
 from paramscope.evaluation.tasks import task_docs
 from paramscope.models import zoo
 from paramscope.report import latex
@@ -29,7 +29,6 @@ from paramscope.stats.paired import benjamini_hochberg
 from paramscope.store import load_results
 
 TOPIC = "Tasks"
-KEPT = "kept.json"
 
 
 def choice_model(cfg: DictConfig) -> str:
@@ -61,19 +60,6 @@ def evidence(cfg: DictConfig, ev: pd.DataFrame, tokenizer) -> pd.DataFrame:
     df["q"] = benjamini_hochberg(df.p.to_numpy())
     df["kept"] = df.q <= fdr  # an untested task (q NaN) is never kept
     return df
-
-
-def kept_tasks(cfg: DictConfig) -> list[str]:
-    """The tasks the choice kept, in candidate order; one clear error before the choice has been made."""
-    path = Path(cfg.paths.reports) / "tasks" / KEPT
-    if not path.is_file():
-        raise StudyError(f"ablate.tasks is 'chosen' but {path} does not exist; run "
-                         f"`python stages/report.py profile={cfg.profile_name} topic=tasks` (dvc repro does)")
-    choice = json.loads(path.read_text())
-    if not choice["kept"]:
-        raise StudyError(f"{choice['model']} is above chance on no candidate task on dev ({path}); "
-                         "nothing to study with ablate.tasks=chosen")
-    return choice["kept"]
 
 
 def table(df: pd.DataFrame) -> str:

@@ -350,7 +350,8 @@ def paper_table(rep: Report) -> str:
                      tex.pct(gbr["gbr_reported"], 0) if gbr is not None else tex.DASH,
                      _pct_ci(h.get("gbr_reported"), h.get("gbr_reported_ci_low"), h.get("gbr_reported_ci_high"), 0)
                      if h is not None else tex.DASH])
-    header = ["Pair kind", "Metric", "Paper (max)", f"Ours: grid's best by {tex.escape(rep.select)}, on {tex.escape(rep.split)}",
+    header = ["Pair kind", "Metric", "Paper (max)",
+              f"Ours: grid's best by {tex.escape(rep.select)}, on {tex.escape(rep.split)}",
               f"Ours: chosen on {tex.escape(rep.select)}, on {tex.escape(rep.split)}"]
     return tex.booktabs(header, rows, "llrrc")
 

@@ -91,13 +91,15 @@ def chosen(df: pd.DataFrame, s: DictConfig, seed: int) -> pd.DataFrame:
     dev_base = df[(df.condition == "base") & (df.split == "dev")].set_index(["model", "task"]).acc
     out = []
     for (model, task), group in sel.groupby(["model", "task"], sort=True):
-        row = group.sort_values(["grid_size", "dev_acc", "dev_loss", "cell"], ascending=[False, False, True, True]).iloc[0]
+        row = group.sort_values(["grid_size", "dev_acc", "dev_loss", "cell"],
+                                ascending=[False, False, True, True]).iloc[0]
         ref = base.loc[(model, task)]
         acc = paired(ref, row, s.n_resamples, s.level, seed)
         ll = paired(ref, row, s.n_resamples, s.level, seed, column="ex_gold_ll")
         out.append({"model": model, "task": task, "cell": row.cell, **{a: row[a] for a in AXES},
                     "grid_size": int(row.grid_size),
-                    "dev_acc": row.dev_acc, "dev_delta": row.dev_acc - dev_base.loc[(model, task)], "acc_base": ref.acc, "acc": row.acc, "delta_acc": acc["delta"],
+                    "dev_acc": row.dev_acc, "dev_delta": row.dev_acc - dev_base.loc[(model, task)],
+                    "acc_base": ref.acc, "acc": row.acc, "delta_acc": acc["delta"],
                     "ci_low": acc["low"], "ci_high": acc["high"], "p": acc["p"], "n": acc["n"],
                     "delta_ll": ll["delta"], "ll_low": ll["low"], "ll_high": ll["high"],
                     **{k: row[k] for k in ("sec_per_token_base", "sec_per_token", "latency_ratio", "peak_bytes_base",

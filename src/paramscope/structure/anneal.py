@@ -30,7 +30,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from paramscope.ablation.weights import WeightUnit, edited
-from paramscope.evaluation.scorer import Scores
+from paramscope.evaluation.documents import Scores
 from paramscope.models.adapters import Adapter
 
 Masks = dict[str, np.ndarray]  # matrix name -> boolean (d_out, d_in) array, True = removed

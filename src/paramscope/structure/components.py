@@ -33,7 +33,7 @@ import torch
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
-from paramscope.models.adapters import Adapter, weight_in_out
+from paramscope.models.adapters import Adapter
 from paramscope.structure.anneal import masked
 from paramscope.structure.units import KINDS, MatrixRole
 
@@ -215,7 +215,8 @@ def substructure_logits(adapter: Adapter, roles: Mapping[str, MatrixRole], kept:
     return reference, recombined, len(components)
 
 
-def block_table(blocks: Mapping[str, list[Block]], roles: Mapping[str, MatrixRole], shapes: Mapping[str, tuple[int, int]]) -> pd.DataFrame:
+def block_table(blocks: Mapping[str, list[Block]], roles: Mapping[str, MatrixRole],
+                shapes: Mapping[str, tuple[int, int]]) -> pd.DataFrame:
     """One row per projection: how many independent blocks it splits into and the largest one's shape."""
     rows = []
     for name, found in blocks.items():

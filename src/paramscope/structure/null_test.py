@@ -22,7 +22,8 @@ Two tests per entry of every attention and MLP projection, each against a null p
 Each reference sample r is a two-sided null through |x - c| (`ReferenceNull`). Where r is consistent
 with a normal (Kolmogorov-Smirnov against N(c, s^2), s the RMS of r - c, p >= `NORMAL_FIT_ALPHA`; true of
 the step-0 entries of every family here, and of some twins' drifts), p = 2 Phi(-|x - c| / s), whose
-smallest attainable value is below 1e-300. Otherwise it is the empirical add-one tail p = (1 + #{|r - c| >= |x - c|}) / (1 + n),
+smallest attainable value is below 1e-300. Otherwise it is the empirical add-one tail
+p = (1 + #{|r - c| >= |x - c|}) / (1 + n),
 valid under the null but never below 1/(n + 1): with BH over all of a model's entries (m of them) such an
 entry can only be rejected along with at least m / ((n + 1) fdr) others, which is why the normal is
 preferred where it holds.

@@ -10,7 +10,8 @@ Cells (one Parquet file each, keyed by content; an existing cell is skipped):
 - ``anneal``: the dev curve of annealing and its magnitude control (one row per method, step and task,
   with per-document lists), the chosen states re-scored on dev and test (`anneal`).
 - ``components``: the dependency graph of the accepted annealing mask and of the indistinguishable set,
-  per block and across the network, with the network's components run apart and recombined against the masked model (`components`).
+  per block and across the network, with the network's components run apart and recombined against the masked model
+  (`components`).
 
 Every choice (where annealing stops) is made on dev; test documents are only scored for the states
 chosen there.
@@ -31,7 +32,8 @@ from scipy import stats
 
 from paramscope.ablation.run import selected
 from paramscope.errors import StudyError, check_choice
-from paramscope.evaluation.scorer import Scores, score
+from paramscope.evaluation.documents import Scores
+from paramscope.evaluation.scorer import score
 from paramscope.evaluation.tasks import split_definition, task_docs
 from paramscope.models import zoo
 from paramscope.models.adapters import Adapter, get_adapter, weight_in_out
@@ -180,8 +182,9 @@ class ModelStudy:
 
     @property
     def meta(self) -> dict[str, str]:
-        return {"model": self.name, "digest": self.digest, "null_model": self.null_name, "null_digest": self.null_digest,
-                "drift_reference": self.drift_reference or "none", "drift_reference_digest": self.drift_reference_digest}
+        return {"model": self.name, "digest": self.digest, "null_model": self.null_name,
+                "null_digest": self.null_digest, "drift_reference": self.drift_reference or "none",
+                "drift_reference_digest": self.drift_reference_digest}
 
     @property
     def tests(self) -> EntryTests:
@@ -195,7 +198,8 @@ class ModelStudy:
 
     def evaluate(self, split: str):
         def run() -> dict[str, Scores]:
-            return {t: score(self.model, docs, int(self.cfg.structure.batch_size)) for t, docs in self.docs[split].items()}
+            return {t: score(self.model, docs, int(self.cfg.structure.batch_size))
+                    for t, docs in self.docs[split].items()}
         return run
 
     def test_rows(self) -> pd.DataFrame:
@@ -205,7 +209,8 @@ class ModelStudy:
         evidence = np.concatenate([-np.log10(self.tests.combined(n)).ravel() for n in names])
         magnitude = np.concatenate([np.abs(self.weights[n]).ravel() for n in names])
         # how far the criterion's ranking of entries is from plain magnitude ranking
-        ranking = pd.DataFrame([{"row_type": "ranking", "spearman_magnitude": float(stats.spearmanr(evidence, magnitude).statistic)}])
+        ranking = pd.DataFrame([{"row_type": "ranking",
+                                 "spearman_magnitude": float(stats.spearmanr(evidence, magnitude).statistic)}])
         return pd.concat([matrices, edges.assign(row_type="edges"), ranking], ignore_index=True)
 
     @property
@@ -241,7 +246,8 @@ class ModelStudy:
                                 threshold=step.threshold, n_removed=step.n_removed, sparsity=step.sparsity,
                                 accepted=step is accepted[step.method])
         states = self.states()
-        twins = {"anneal": "magnitude", "magnitude": "anneal", "indist": "indist-magnitude", "indist-magnitude": "indist"}
+        twins = {"anneal": "magnitude", "magnitude": "anneal",
+                 "indist": "indist-magnitude", "indist-magnitude": "indist"}
         for method, masks in states.items():
             count = n_removed(masks) if masks else 0
             overlap = _jaccard(masks, states[twins[method]]) if method in twins else np.nan
@@ -249,7 +255,8 @@ class ModelStudy:
                 with masked(self.adapter, masks):
                     scores = self.evaluate(split)()
                 rows += _score_rows(scores, row_type="state", method=method, split=split, step=-1, threshold=np.nan,
-                                    n_removed=count, sparsity=count / self.total, accepted=True, overlap_with_twin=overlap)
+                                    n_removed=count, sparsity=count / self.total, accepted=True,
+                                    overlap_with_twin=overlap)
         return pd.DataFrame(rows)
 
     def component_rows(self) -> pd.DataFrame:
@@ -267,7 +274,8 @@ class ModelStudy:
             gap = float(max((a - b).abs().max().item() for a, b in zip(reference, apart)))
             scale = float(max(a.abs().max().item() for a in reference))
             # how often the components run apart still predict the masked model's next token
-            agree = float(np.mean(np.concatenate([(a.argmax(-1) == b.argmax(-1)).numpy() for a, b in zip(reference, apart)])))
+            agree = float(np.mean(np.concatenate([(a.argmax(-1) == b.argmax(-1)).numpy()
+                                                  for a, b in zip(reference, apart)])))
             check = {"method": method, "logits_max_abs_diff": gap, "logits_max_abs": scale,
                      "n_substructures": n_parts, "argmax_agreement": agree}
             frames += [graph.assign(row_type="graph", **check),
@@ -348,7 +356,8 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, float]:
             counts["computed"] += 1
             if kind == "tests":
                 m = df[df.row_type == "matrix"]
-                frac = {test: float(np.average(m[f"frac_indist{test}"], weights=m.n)) for test in ("", "_value", "_drift")}
+                frac = {test: float(np.average(m[f"frac_indist{test}"], weights=m.n))
+                        for test in ("", "_value", "_drift")}
                 summary.update({f"{name}/indistinguishable{test}": f for test, f in frac.items()})
                 log.info("%s: %.1f%% of projection entries indistinguishable from initialisation (value test against "
                          "%s: %.1f%%; drift test against %s: %.1f%%)", name, 100 * frac[""], study.null_name,

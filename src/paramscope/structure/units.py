@@ -27,7 +27,7 @@ import numpy as np
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from paramscope.ablation.weights import _layer_of
+from paramscope.ablation.weights import layer_of
 from paramscope.models.adapters import Adapter, weight_in_out
 
 # Row order of a fused q/k/v projection with 3 * n_heads * d_head outputs.
@@ -75,7 +75,8 @@ def _attention_units(adapter: Adapter, name: str, module: nn.Module, n_units: in
 def n_attention_units(adapter: Adapter, layer: int) -> int:
     """k/v groups: the fewest heads that any separate query/key/value projection of the layer has."""
     out_proj = adapter.attn_out_proj(layer)
-    readers = [m for m in adapter.attention(layer).modules() if isinstance(m, (nn.Linear, Conv1D)) and m is not out_proj]
+    readers = [m for m in adapter.attention(layer).modules()
+               if isinstance(m, (nn.Linear, Conv1D)) and m is not out_proj]
     sizes = [weight_in_out(m).shape[0] // adapter.d_head for m in readers]
     separate = [s for s in sizes if s != 3 * adapter.n_heads]
     return min(separate) if separate else adapter.n_heads
@@ -86,7 +87,7 @@ def matrix_roles(adapter: Adapter) -> dict[str, MatrixRole]:
     roles: dict[str, MatrixRole] = {}
     units_per_layer = {layer: n_attention_units(adapter, layer) for layer in range(adapter.n_layers)}
     for name, module in adapter.linear_modules().items():
-        layer = _layer_of(adapter, name)
+        layer = layer_of(adapter, name)
         d_out, d_in = weight_in_out(module).shape
         attention = any(module is m for m in adapter.attention(layer).modules())
         if attention:

@@ -103,5 +103,6 @@ def fit_weibull(values: np.ndarray) -> WeibullFit:
     if not (math.isfinite(k) and math.isfinite(r2) and r2 >= MIN_R2):
         k, lam = quantile_fit(magnitudes)
         method = "quantile"
-    ks = float(stats.kstest(magnitudes, stats.weibull_min(k, scale=lam).cdf).statistic) if math.isfinite(k) else float("nan")
+    ks = (float(stats.kstest(magnitudes, stats.weibull_min(k, scale=lam).cdf).statistic) if math.isfinite(k)
+          else float("nan"))
     return WeibullFit(k, lam, r2, ks, int(flat.size), n_bins, n_fit, method)

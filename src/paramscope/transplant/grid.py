@@ -24,8 +24,8 @@ from omegaconf import DictConfig
 from paramscope.ablation.atlas import paired_row
 from paramscope.data.splits import check_split
 from paramscope.errors import StudyError, check_choice
-from paramscope.evaluation.requests import Doc
-from paramscope.evaluation.scorer import Scores, score
+from paramscope.evaluation.documents import Doc, Scores
+from paramscope.evaluation.scorer import score
 from paramscope.evaluation.tasks import split_definition, task_docs
 from paramscope.models import zoo
 from paramscope.stats import (
@@ -37,7 +37,6 @@ from paramscope.stats import (
 from paramscope.store import cell_done, cell_key, cell_path, write_cell
 from paramscope.transplant.apply import export_transplant, transplanted
 from paramscope.transplant.modules import Module, module_registry
-from paramscope.transplant.vocabulary import compare_vocabularies
 from paramscope.transplant.select import (
     RANKINGS,
     layer_matched,
@@ -45,6 +44,7 @@ from paramscope.transplant.select import (
     random_order,
     rank_modules,
 )
+from paramscope.transplant.vocabulary import compare_vocabularies
 
 log = logging.getLogger(__name__)
 

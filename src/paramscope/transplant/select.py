@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from paramscope.evaluation.documents import Doc
 from paramscope.evaluation.packing import single_token_batch
-from paramscope.evaluation.requests import Doc
 from paramscope.transplant.modules import Module
 
 RANKINGS: tuple[str, ...] = ("abs", "signed")

@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from paramscope.ablation.run import selected
 from paramscope.errors import StudyError, check_choice
-from paramscope.evaluation.requests import Doc
-from paramscope.evaluation.scorer import Scores, score
+from paramscope.evaluation.documents import Doc, Scores
+from paramscope.evaluation.scorer import score
 from paramscope.evaluation.tasks import split_definition, task_docs
 from paramscope.models import zoo
 from paramscope.models.adapters import get_adapter
@@ -66,7 +66,8 @@ def check_request(cfg: DictConfig) -> None:
         check_choice("policy", p, MODES)
     for g in axis(cfg, "gamma"):
         if not float(g) > 0:
-            raise StudyError(f"gamma must be > 0 (gamma = 0 is the base model, which every cell is paired with); got {g}")
+            raise StudyError(f"gamma must be > 0 (gamma = 0 is the base model, which every cell is paired with); "
+                             f"got {g}")
     for r in axis(cfg, "rank"):
         if int(r) != r or int(r) < 1:
             raise StudyError(f"rank must be a positive integer; got {r}")
@@ -75,7 +76,8 @@ def check_request(cfg: DictConfig) -> None:
     for t in cfg.vps.verify.tasks:
         check_choice("verification task", t, VERIFIABLE)
         if cfg.get("suite") is None:
-            raise StudyError("the verification loop needs the synthetic suite; set vps.verify.tasks=[] for this profile")
+            raise StudyError("the verification loop needs the synthetic suite; "
+                             "set vps.verify.tasks=[] for this profile")
 
 
 def check_layer_sets(cfg: DictConfig, adapter) -> None:
@@ -87,7 +89,8 @@ def check_layer_sets(cfg: DictConfig, adapter) -> None:
 def rows(meta: dict, scores: Scores, **extra: object) -> pd.DataFrame:
     """One tidy row with the per-document lists that reports pair by document id."""
     summary = scores.summary()
-    return pd.DataFrame([{**meta, "schema": ROW_SCHEMA, **extra, "n": summary["n"], "acc": summary["acc"], "loss": summary["loss"],
+    return pd.DataFrame([{**meta, "schema": ROW_SCHEMA, **extra, "n": summary["n"], "acc": summary["acc"],
+                          "loss": summary["loss"],
                           "ex_doc_ids": scores.doc_ids.tolist(), "ex_correct": scores.correct.tolist(),
                           "ex_gold_ll": scores.gold_ll.tolist()}])
 

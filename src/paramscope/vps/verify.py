@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import log_softmax
 
-from paramscope.evaluation.requests import Doc, encode_pair
+from paramscope.evaluation.documents import Doc
+from paramscope.evaluation.requests import encode_pair
 from paramscope.evaluation.scorer import score
 from paramscope.vps.wrapper import VPSConfig, sharpen
 
