@@ -1,4 +1,5 @@
-"""Shared fixtures: Hydra configs composed as the stages compose them, and a prepared smoke suite."""
+"""Shared fixtures (one torch thread, a prepared smoke suite) and the environment every test runs in, set
+once here: no hub, no dataset download, no W&B. Plain helpers live in `tests/helpers`."""
 
 import os
 
@@ -7,34 +8,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import shutil
-import subprocess
-from pathlib import Path
-
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
-
-
-def clean_checkout(repo: Path) -> Path:
-    """Copy tracked and new files (nothing ignored: no data, models or results) into `repo`."""
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout.split("\0")
-    for rel in filter(None, files):
-        if (ROOT / rel).is_file():
-            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, repo / rel)
-    return repo
-
-
-def make_cfg(config_name: str, overrides: list[str] | None = None):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name=config_name, overrides=overrides or [])
+from helpers import make_cfg
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -44,21 +20,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
-
-
-def smoke_test_docs(data: Path, limit: int) -> tuple[tuple, int]:
-    """The first `limit` test documents of every synthetic task, and the tokenizer's vocabulary size."""
-    from transformers import AutoTokenizer
-
-    from paramscope.data.lm_eval_tasks import lm_eval_name
-    from paramscope.data.synthetic import TASKS
-    from paramscope.evaluation.requests import build_docs
-
-    tok = AutoTokenizer.from_pretrained(data / "tokenizer")
-    found = []
-    for task in TASKS:
-        found += build_docs(lm_eval_name(task), tok, "test", seed=0, include_path=data / "tasks", limit=limit).docs
-    return tuple(found), len(tok)
 
 
 @pytest.fixture(scope="session")

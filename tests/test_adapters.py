@@ -1,8 +1,6 @@
 """Adapters name the right sites with the right sizes for every family."""
 
-import os
 
-os.environ["HF_HUB_OFFLINE"] = "1"
 
 from types import SimpleNamespace
 

@@ -44,7 +44,7 @@ def test_a_profile_leaves_out_maps_by_group_and_op_and_says_so(tmp_path):
 def test_a_screened_map_checks_the_dev_screens_top_units_and_as_many_random_ones(smoke_suite):
     """Chosen on dev, the same units on every split; each checked unit's row equals the full map's."""
     import numpy as np
-    from conftest import smoke_test_docs
+    from helpers import smoke_test_docs
 
     from paramscope.ablation.atlas import ablation_map
     from paramscope.ablation.screen import attribution_screen
@@ -75,7 +75,7 @@ def test_a_screened_map_checks_the_dev_screens_top_units_and_as_many_random_ones
 def test_the_real_profiles_atlas_plan_reaches_the_ablate_stage():
     """The stage's own config file comes after the profile in the defaults, so a key it also set would
     silently undo the profile's: the real profile's sizing must arrive intact."""
-    from conftest import make_cfg
+    from helpers import make_cfg
 
     cfg = make_cfg("ablate", ["profile=real"])
     assert atlas_max_docs(cfg) == 16 and cfg.ablate.exact_units == 16

@@ -1,17 +1,14 @@
 """Atlas units beyond zero/scale hooks: mean and noise ops, and reversible weight-edit units."""
 
 import itertools
-import os
 from copy import deepcopy
 from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import make_cfg
+from helpers import make_cfg
 from transformers import AutoTokenizer
 
 from paramscope.ablation.atlas import MAP_GROUPS, MAP_OPS, resample_pool, site_stats

@@ -1,11 +1,9 @@
 """Task documents are built once per tokenizer *content*: every model of a study saves its own copy of
 the same tokenizer, and building lm-eval's requests again for each copy costs seconds per cell."""
 
-import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from conftest import make_cfg
+from helpers import make_cfg
 from transformers import AutoTokenizer
 
 from paramscope.data.tokenizer import word_level_tokenizer

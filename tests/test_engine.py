@@ -1,13 +1,10 @@
 """The fast exact map engine gives, unit by unit, what the one-unit-at-a-time loop gives."""
 
-import os
 from copy import deepcopy
-
-os.environ["HF_HUB_OFFLINE"] = "1"
 
 import numpy as np
 import pytest
-from conftest import smoke_test_docs
+from helpers import smoke_test_docs
 
 from paramscope.ablation.engine import _branchable, fast_map
 from paramscope.ablation.interventions import UnitSpec, apply

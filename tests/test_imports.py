@@ -3,14 +3,12 @@ module but still imported by another fails here, not in the middle of a `dvc rep
 
 import importlib
 import importlib.util
-import os
 import pkgutil
+import re
 import sys
 from pathlib import Path
 
 import pytest
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import paramscope
 
@@ -92,3 +90,9 @@ def test_the_code_is_ruff_clean():
     proc = subprocess.run([ruff, "check", "src", "stages", "tests", "benchmarks", "scripts"], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+def test_tests_share_helpers_through_the_helpers_package_not_conftest():
+    pattern = re.compile(r"^\s*(from conftest import|import conftest)", re.M)
+    importers = sorted(p.name for p in (ROOT / "tests").rglob("*.py") if pattern.search(p.read_text()))
+    assert importers == []

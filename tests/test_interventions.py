@@ -1,8 +1,6 @@
 """Hook interventions equal the weight edits they stand for, and leave no trace behind."""
 
-import os
 
-os.environ["HF_HUB_OFFLINE"] = "1"
 
 from collections.abc import Callable
 from copy import deepcopy

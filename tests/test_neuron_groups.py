@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import smoke_test_docs
+from helpers import smoke_test_docs
 from omegaconf import OmegaConf
 
 from paramscope.ablation.atlas import ablation_map

@@ -5,7 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import make_cfg
+from helpers import make_cfg
 
 from paramscope.errors import StudyError
 from paramscope.models import zoo

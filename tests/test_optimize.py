@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import make_cfg
+from helpers import make_cfg
 from transformers import AutoTokenizer
 
 from paramscope.ablation.interventions import UnitSpec

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import standins
 import torch
-from conftest import make_cfg
+from helpers import make_cfg, standins
 from omegaconf import OmegaConf, open_dict
 from transformers import AutoTokenizer, GPTNeoXForCausalLM
 

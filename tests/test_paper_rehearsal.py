@@ -15,9 +15,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import standins
 import yaml
-from conftest import clean_checkout
+from helpers import clean_checkout, standins
 from transformers import AutoTokenizer
 
 from paramscope.models.random_models import tiny_random_model

@@ -7,8 +7,7 @@ from dataclasses import replace
 import datasets
 import numpy as np
 import pytest
-import standins
-from conftest import make_cfg
+from helpers import make_cfg, standins
 from transformers import AutoTokenizer
 
 from paramscope.errors import StudyError

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import clean_checkout
+from helpers import clean_checkout
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

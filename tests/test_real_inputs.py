@@ -4,14 +4,13 @@ downloaded from outside."""
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-import registry_standins as rs
 import torch
-from conftest import make_cfg
+from helpers import make_cfg
+from helpers import registry_standins as rs
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -25,7 +24,6 @@ from paramscope.evaluation.tasks import task_data, task_docs
 from paramscope.models.gguf import quantization_types
 from paramscope.models.hub import fetch_baseline
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 GGUF_MEMBER = "tiny_llm/tiny-llama.Q4_1.gguf"
 BB_TASKS = ["general_knowledge", "hyperbaton", "arithmetic", "strategyqa"]
 

@@ -318,7 +318,7 @@ PAPER_CITES = re.compile(r"\\(val|pctci|ppci)\{([A-Za-z]+)\}")
 
 def test_paper_cites_only_generated_macros_and_types_no_number(tmp_path):
     """Against a synthetic study with the tiny profile's models, tasks and map grid."""
-    from conftest import make_cfg
+    from helpers import make_cfg
 
     cfg = make_cfg("aggregate", ["report.n_resamples=1000"])
     res = make_results(tmp_path / "results", layers=2, heads=4, tasks=tuple(cfg.tasks), scale_values=(0.5, 2.0),
@@ -441,7 +441,7 @@ def test_jittered_figures_are_the_same_bytes_on_every_draw():
 def test_the_real_profile_reports_no_trained_model_of_the_tiny_profile():
     """The real profile builds on tiny's settings but trains nothing: none of tiny's architecture,
     variants or training mixes may reach its report's macros."""
-    from conftest import make_cfg
+    from helpers import make_cfg
 
     from paramscope.report.aggregate import profile_facts
 

@@ -1,16 +1,14 @@
 """The attribution screen: its gradients are the metric's derivatives, and it ranks units like the
 exact map does (first order only, so only roughly: the thresholds below are what it honestly meets)."""
 
-import os
 
-os.environ["HF_HUB_OFFLINE"] = "1"
 
 from copy import deepcopy
 
 import numpy as np
 import pytest
 import torch
-from conftest import smoke_test_docs
+from helpers import smoke_test_docs
 from scipy.stats import spearmanr
 
 from paramscope.ablation.engine import fast_map

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import make_cfg
+from helpers import make_cfg
 from torch import nn
 
 from paramscope.ablation.interventions import UnitSpec, apply

@@ -3,7 +3,7 @@ every accuracy built on the scorer (clean, ablated, deltas) follows it."""
 
 import numpy as np
 import pytest
-from conftest import make_cfg
+from helpers import make_cfg
 from transformers import AutoTokenizer
 
 from paramscope.ablation.atlas import paired_row

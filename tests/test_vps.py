@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_cfg
+from helpers import make_cfg
 
 from paramscope.errors import StudyError
 from paramscope.evaluation.documents import Doc

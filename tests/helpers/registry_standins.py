@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from standins import byte_level_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
+
+from helpers.standins import byte_level_tokenizer
 
 WORDS = ["apple", "river", "stone", "cloud", "seven", "green", "horse", "music", "paper", "light", "north", "table"]
 
