@@ -118,6 +118,24 @@ def test_bad_package_pins_fail_in_one_line_and_leave_nothing(registry_env, tmp_p
     assert not list(registry.cache_root().glob(".*")) if registry.cache_root().exists() else True
 
 
+def test_a_release_gone_from_the_index_is_taken_from_a_copy_in_the_cache(registry_env, tmp_path):
+    """The index stops listing a pinned release: the error says where a kept copy goes, and one put there is used."""
+    pin = package_pin(registry_env)
+    wheel = registry.fetch_distribution(pin.package.name, str(pin.package.version), pin.package.sha256)
+    kept = tmp_path / "kept" / wheel.name
+    kept.parent.mkdir()
+    wheel.rename(kept)
+    gone = package_pin(registry_env, version="0.2.0")  # the index has no such release
+    gone.package.sha256 = pin.package.sha256
+    with pytest.raises(StudyError, match=f"has no version 0.2.0 on the index; valid: 0.1.0; a copy of .* placed in "
+                                         f"{registry.cache_root()} is used without the index"):
+        fetch_baseline("tiny", gone, tmp_path / "models" / "tiny")
+    renamed = registry.cache_root() / wheel.name.replace("0.1.0", "0.2.0")
+    kept.rename(renamed)  # the user's copy of the release, under its own name
+    fetch_baseline("tiny", gone, tmp_path / "models" / "tiny")
+    assert (tmp_path / "models" / "tiny" / "model.safetensors").is_file()
+
+
 def test_format_example_is_bigbench_default_format_fn():
     """Expected strings written out by hand from BIG-bench's `default_format_fn` (json_task.py, 1.0.0)."""
     ex = {"input": "2 + 2 =", "target_scores": {"4": 1, "5": 0, "3": 0}}

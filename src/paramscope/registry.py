@@ -137,7 +137,15 @@ def fetch_distribution(package: str, version: str, sha256: str | None = None) ->
     """`package==version` from the registry, as a local (cached, hash-checked) wheel or sdist file."""
     if sha256 and (path := cached(package, version, sha256)):
         return path
-    return download(find_distribution(package, version), sha256)
+    try:
+        dist = find_distribution(package, version)
+    except StudyError as err:
+        if not sha256:
+            raise
+        # A release can leave the index (bigbench 1.0.0 has): a copy kept from an earlier download still works.
+        raise StudyError(f"{err}; a copy of {package} {version} with the pinned sha256 {sha256} placed in "
+                         f"{cache_root()} is used without the index") from None
+    return download(dist, sha256)
 
 
 class Archive:
