@@ -396,9 +396,9 @@ def _corpus_cfg(data: Path, tmp_path: Path, steps: int):
         lines = (data / "train" / "pretrain.txt").read_text().splitlines()[:300]
         corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in lines))
     return make_cfg("train", [
-        "profile=paper", "device=cpu", "model.vocab_size=null", "model.hidden_size=32",
-        "model.num_hidden_layers=2", "model.num_attention_heads=2", "model.intermediate_size=64",
-        "model.max_position_embeddings=64", "train.seq_len=16", "train.batch_size=4", "train.accumulate=2",
+        "profile=paper", "device=cpu", "architecture.vocab_size=null", "architecture.hidden_size=32",
+        "architecture.num_hidden_layers=2", "architecture.num_attention_heads=2", "architecture.intermediate_size=64",
+        "architecture.max_position_embeddings=64", "train.seq_len=16", "train.batch_size=4", "train.accumulate=2",
         "train.precision=32-true", "train.attn_implementation=eager", f"train.tokens={steps * 4 * 2 * 16}",
         "train.warmup_steps=2", "train.log_every_n_steps=1", "train.checkpoints.every_n_steps=2",
         f"train.checkpoints.dir={tmp_path / 'checkpoints'}", f"corpus.local_files={corpus}",

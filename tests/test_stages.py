@@ -46,6 +46,11 @@ def prepared(tmp_path_factory):
         ("ablate", ["task=bogus"], "unknown task 'bogus'; valid: induction, kv, facts, arith"),
         ("prepare", ["tasks=[induction,bogus]"], "unknown task 'bogus'; valid: induction, kv, facts, arith"),
         ("train", ["variants=[bogus]"], "unknown variant 'bogus'; valid: scratch, gen2, tuned"),
+        # a grid axis of the wrong type: the key, the value and an example, not a traceback
+        ("ablate", ["op=scale", "value=abc"], "value must be a number, got 'abc'; e.g. value=0.5"),
+        ("structure", ["fdr=abc"], "fdr must be a number, got 'abc'; e.g. fdr=0.05"),
+        ("optimize", ["k=abc"], "k must be an integer, got 'abc'; e.g. k=16"),
+        ("vps", ["rank=2.5"], "rank must be an integer, got 2.5; e.g. rank=2"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(prepared, stage, overrides, message):
@@ -58,6 +63,24 @@ def test_bad_input_is_one_line_and_writes_nothing(prepared, stage, overrides, me
     assert error_lines(proc) == [f"paramscope: error: {message}"]
     assert "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def test_every_stage_composes_its_defaults_before_the_profile():
+    """One defaults order: a stage's own file first, then `common` (and with it the profile), so a profile can
+    override any stage default, and the architecture block (`architecture:`) never meets a stage's `model=NAME`."""
+    import yaml
+
+    for path in sorted((ROOT / "conf").glob("*.yaml")):
+        defaults = yaml.safe_load(path.read_text()).get("defaults")
+        if path.stem == "common" or not defaults:
+            continue
+        names = [d if isinstance(d, str) else next(iter(d)) for d in defaults]
+        if path.stem == "report":  # the report is the aggregate stage's config plus a topic
+            assert names == ["aggregate", "_self_"], path
+            continue
+        assert "common" in names and names.index("_self_") < names.index("common"), (path.name, names)
+    for path in (ROOT / "conf" / "profile").glob("*.yaml"):
+        assert "model" not in yaml.safe_load(path.read_text()), f"{path.name}: the architecture block is `architecture:`"
 
 
 def test_missing_model_directory_names_the_choices(prepared, tmp_path):

@@ -14,11 +14,12 @@ from paramscope.ablation.neuron_groups import NEURON_GROUPINGS
 from paramscope.ablation.pairs import PAIR_GROUPS, pair_map
 from paramscope.ablation.reference import POOL_DOCS
 from paramscope.ablation.weights import WEIGHT_GROUPS, WEIGHT_OPS
-from paramscope.errors import StudyError, check_choice
+from paramscope.errors import StudyError, check_choice, number
 from paramscope.evaluation.scorer import score
 from paramscope.evaluation.tasks import atlas_tasks, split_definition, task_docs
 from paramscope.models import zoo
 from paramscope.models.adapters import get_adapter
+from paramscope.selection import selected
 from paramscope.store import cell_done, cell_key, cell_path, write_cell
 
 log = logging.getLogger(__name__)
@@ -33,15 +34,6 @@ REFERENCE = {
     "resample": "dev/donor-at-end-aligned-position",
     "noise": "dev/last-context-position",
 }
-
-
-def selected(cfg: DictConfig, key: str, default: list) -> list[str]:
-    """``model=x``/``task=x`` on the command line narrows the profile's lists to one entry."""
-    value = cfg.get(key)
-    if value is None:
-        return list(default)
-    check_choice(key, value, default)
-    return [value]
 
 
 def profile_leaves_out(cfg: DictConfig) -> str | None:
@@ -91,6 +83,7 @@ def check_request(cfg: DictConfig) -> None:
             raise StudyError(f"group 'pairs' is built from zero ablations; got op '{cfg.op}' (use op=zero)")
     if cfg.group in NEURON_GROUPINGS and cfg.op != "zero":
         raise StudyError(f"group '{cfg.group}' is chosen on dev for zero ablation; got op '{cfg.op}' (use op=zero)")
+    number("value", cfg.value, example="0.5")
     if cfg.op in ("zero", "mean", "resample") and float(cfg.value) != 0.0:
         hint = f"; use op=scale value={cfg.value}" if cfg.op == "zero" else ""
         raise StudyError(f"op '{cfg.op}' takes no value (got {cfg.value}){hint}")

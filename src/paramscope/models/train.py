@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 
 def scratch_config(cfg: DictConfig, vocab_size: int, tokenizer) -> GPTNeoXConfig:
-    m = cfg.model
+    m = cfg.architecture
     if m.family != "gpt_neox":
         raise StudyError(f"scratch model family '{m.family}' is not trainable here; valid: gpt_neox")
     return GPTNeoXConfig(
@@ -191,7 +191,7 @@ def checkpoint_dir(cfg: DictConfig, name: str) -> Path | None:
     if not ck:
         return None
     what = {
-        "model": cfg.model,
+        "model": cfg.architecture,  # named "model" so that existing checkpoint folders keep their names
         "train": {k: v for k, v in cfg.train.items() if k not in ("checkpoints", "variants", "noise_twin")},
         "variant": cfg.train.variants[name],
         "corpus": cfg.get("corpus"),

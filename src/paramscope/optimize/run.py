@@ -29,8 +29,7 @@ from tqdm import tqdm
 
 from paramscope.ablation.atlas import paired_row
 from paramscope.ablation.interventions import apply
-from paramscope.ablation.run import selected
-from paramscope.errors import StudyError, check_choice
+from paramscope.errors import StudyError, check_choice, number
 from paramscope.evaluation.documents import Doc, Scores
 from paramscope.evaluation.scorer import score
 from paramscope.evaluation.tasks import atlas_tasks, split_definition, task_docs
@@ -61,6 +60,7 @@ from paramscope.optimize.search import (
     search_profile,
     select_on_dev,
 )
+from paramscope.selection import selected
 from paramscope.store import cell_done, cell_key, cell_path, load_results, write_cell
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class Plan:
     @classmethod
     def from_cfg(cls, cfg: DictConfig) -> Plan:
         o = cfg.optimize
-        k, budget = int(cfg.k), int(cfg.budget)
+        k, budget = number("k", cfg.k, int, example="16"), number("budget", cfg.budget, int, example="240")
         if k < 1:
             raise StudyError(f"k (atlas candidates searched) must be >= 1, got {k}")
         for method in o.methods:
@@ -287,24 +287,10 @@ class ModelJob:
         self._write(rows, key, path, "compress", task)
 
 
-def model_choice(cfg: DictConfig) -> str | None:
-    """The model named by ``model=NAME`` on the command line, or None.
-
-    Profiles define ``model:`` as the architecture block and come after this stage's defaults, so
-    ``model`` is a mapping unless the command line replaced it with a name.
-    """
-    value = cfg.get("model")
-    return value if isinstance(value, str) else None
-
-
 def run_grid(cfg: DictConfig, results: Path) -> dict[str, float]:
     """Compute every missing cell of this job; finished cells are found by key and skipped."""
     plan = Plan.from_cfg(cfg)
-    name = model_choice(cfg)
-    models = list(cfg.optimize.models)
-    if name is not None:
-        check_choice("model", name, models)
-        models = [name]
+    models = selected(cfg, "model", cfg.optimize.models)
     tasks = selected(cfg, "task", atlas_tasks(cfg))  # searches start from the atlas; transfer scores every task
     for model in models:  # every input must exist before any work starts
         zoo.resolve(model, Path(cfg.paths.models))
@@ -328,7 +314,7 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, float]:
         summary.update(job.summary)
         for k, v in job.counts.items():
             counts[k] += v
-    if name is None and cfg.task is None:
+    if cfg.model is None and cfg.task is None:
         counts["pruned"] = prune_stale(results, plan, planned)
     return {**counts, **summary}
 

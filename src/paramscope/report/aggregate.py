@@ -111,11 +111,11 @@ def profile_facts(cfg: DictConfig) -> tuple[tuple[str, str], ...]:
 
     facts = {
         "ProfileName": sel("profile_name") and tex.escape(sel("profile_name")),
-        "ModelFamily": sel("model.family") and tex.escape(sel("model.family")),
-        "ModelHidden": sel("model.hidden_size"),
-        "ModelLayers": sel("model.num_hidden_layers"),
-        "ModelHeads": sel("model.num_attention_heads"),
-        "ModelFfn": sel("model.intermediate_size"),
+        "ModelFamily": sel("architecture.family") and tex.escape(sel("architecture.family")),
+        "ModelHidden": sel("architecture.hidden_size"),
+        "ModelLayers": sel("architecture.num_hidden_layers"),
+        "ModelHeads": sel("architecture.num_attention_heads"),
+        "ModelFfn": sel("architecture.intermediate_size"),
         "NeuronBlock": sel("ablate.neuron_block"),
         "AblateResamples": sel("ablate.n_resamples"),
         "NChoices": sel("suite.n_choices"),

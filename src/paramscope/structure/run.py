@@ -30,13 +30,13 @@ import torch
 from omegaconf import DictConfig
 from scipy import stats
 
-from paramscope.ablation.run import selected
-from paramscope.errors import StudyError, check_choice
+from paramscope.errors import StudyError, number
 from paramscope.evaluation.documents import Scores
 from paramscope.evaluation.scorer import score
 from paramscope.evaluation.tasks import split_definition, task_docs
 from paramscope.models import zoo
 from paramscope.models.adapters import Adapter, get_adapter, weight_in_out
+from paramscope.selection import selected
 from paramscope.store import cell_done, cell_key, cell_path, write_cell
 from paramscope.structure.anneal import (
     Annealing,
@@ -72,29 +72,14 @@ log = logging.getLogger(__name__)
 ROW_SCHEMA = 4  # bump when rows change shape or meaning, so that older cells are recomputed
 
 
-def requested_models(cfg: DictConfig) -> list[str]:
-    """`model=x` narrows `structure.models` to one name.
-
-    This config lists `common` (hence the profile) after itself so that a profile can override the
-    defaults here; the profile's own `model` is the architecture of the trained models (a mapping), so
-    only a name given on the command line narrows.
-    """
-    name = cfg.get("model")
-    models = list(cfg.structure.models)
-    if name is None or isinstance(name, DictConfig):
-        return models
-    check_choice("model", name, models)
-    return [name]
-
-
 def check_request(cfg: DictConfig) -> list[str]:
     """The models to study; every bad setting is reported before any work starts."""
     s = cfg.structure
-    models = requested_models(cfg)
+    models = selected(cfg, "model", cfg.structure.models)
     selected(cfg, "task", cfg.tasks)
-    if not 0.0 < float(cfg.fdr) < 1.0:
+    if not 0.0 < number("fdr", cfg.fdr, example="0.05") < 1.0:
         raise StudyError(f"fdr must lie in (0, 1), got {cfg.fdr}; e.g. fdr=0.05")
-    if float(cfg.tolerance) < 0.0:
+    if number("tolerance", cfg.tolerance, example="0.1") < 0.0:
         raise StudyError(f"tolerance must be >= 0 (nats of task-averaged dev loss), got {cfg.tolerance}")
     thresholds = [float(t) for t in s.thresholds]
     if not thresholds or any(not 0.0 <= t < 1.0 for t in thresholds) or any(b >= a for a, b in pairwise(thresholds)):
@@ -371,7 +356,7 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, float]:
                 gap = float(df.logits_max_abs_diff.max())
                 summary[f"{name}/substructures_max_abs_logit_diff"] = gap
                 log.info("%s: components run apart vs masked logits differ by at most %.3g", name, gap)
-    if cfg.get("task") is None and requested_models(cfg) == list(s.models):
+    if cfg.get("task") is None and cfg.get("model") is None:
         counts["pruned"] = prune_stale(results, job, planned)
     return {**counts, **summary}
 

@@ -19,16 +19,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 from tqdm import tqdm
 
-from paramscope.ablation.run import selected
-from paramscope.errors import StudyError, check_choice
+from paramscope.errors import StudyError, check_choice, number
 from paramscope.evaluation.documents import Doc, Scores
 from paramscope.evaluation.scorer import score
 from paramscope.evaluation.tasks import split_definition, task_docs
 from paramscope.models import zoo
 from paramscope.models.adapters import get_adapter
+from paramscope.selection import selected
 from paramscope.store import cell_done, cell_key, cell_path, write_cell
 from paramscope.vps.overhead import measure
 from paramscope.vps.policy import MODES
@@ -65,11 +65,11 @@ def check_request(cfg: DictConfig) -> None:
     for p in axis(cfg, "policy"):
         check_choice("policy", p, MODES)
     for g in axis(cfg, "gamma"):
-        if not float(g) > 0:
+        if not number("gamma", g, example="0.3") > 0:
             raise StudyError(f"gamma must be > 0 (gamma = 0 is the base model, which every cell is paired with); "
                              f"got {g}")
     for r in axis(cfg, "rank"):
-        if int(r) != r or int(r) < 1:
+        if number("rank", r, int, example="2") < 1:
             raise StudyError(f"rank must be a positive integer; got {r}")
     if cfg.vps.tau is not None and float(cfg.vps.tau) <= 0:
         raise StudyError(f"vps.tau must be > 0 or null (no clip); got {cfg.vps.tau}")
@@ -191,9 +191,7 @@ class Job:
 def run_vps(cfg: DictConfig, results: Path) -> dict[str, float]:
     """Compute every missing cell of this job; returns counts and the chosen test deltas for W&B."""
     check_request(cfg)
-    # The profile's `model` is the architecture (a mapping); only a name on the command line narrows.
-    narrowed = OmegaConf.create({"model": cfg.model if isinstance(cfg.get("model"), str) else None})
-    models = selected(narrowed, "model", cfg.vps.models)
+    models = selected(cfg, "model", cfg.vps.models)
     tasks = selected(cfg, "task", cfg.tasks)
     configs = grid(cfg)
     for name in models:  # every model must exist before any work starts
@@ -230,7 +228,7 @@ def whole_grid(cfg: DictConfig) -> bool:
         multirun = HydraConfig.get().mode.name == "MULTIRUN"
     except ValueError:  # not under @hydra.main
         multirun = False
-    return not multirun and not isinstance(cfg.get("model"), str) and cfg.get("task") is None
+    return not multirun and cfg.get("model") is None and cfg.get("task") is None
 
 
 def prune_unplanned(results: Path, planned: set[Path]) -> int:
