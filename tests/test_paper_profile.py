@@ -516,5 +516,5 @@ def test_gpu_check_dry_run_prints_every_measurement(monkeypatch, capsys):
     out = capsys.readouterr().out
     for needle in ("tokens/s", "6N + 12 L d T", "MFU", "requests/s", "head-map time", "max |engine - loop|", ": ok;"):
         assert needle in out, needle
-    config = gpu_check.paper_config(gpu_check.FULL).model  # the full check trains the paper profile's model
+    config = gpu_check.paper_config(gpu_check.FULL).architecture  # the full check trains the paper profile's model
     assert (config.num_hidden_layers, config.hidden_size, config.vocab_size) == (24, 1024, 50304)
