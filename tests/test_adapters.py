@@ -5,6 +5,7 @@
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -186,3 +187,13 @@ def test_unknown_piece_is_named():
     for ask in (lambda: adapter.hook_point("hook_z", 0), lambda: adapter.piece_shape("hook_z")):
         with pytest.raises(ValueError, match="unknown piece 'hook_z'; valid: resid_pre, z, attn_out"):
             ask()
+
+
+def test_fused_qkv_rows_map_to_heads_in_the_familys_order():
+    neox, gpt2 = (get_adapter(tiny_random_model(f)) for f in ("gpt_neox", "gpt2"))
+    rows = np.arange(3 * 4 * 8)  # 4 heads of 8
+    per_head = np.repeat(np.arange(4), 3 * 8)  # GPT-NeoX: head 0's q, k, v, then head 1's ...
+    np.testing.assert_array_equal(neox.fused_qkv_head(rows), per_head)
+    np.testing.assert_array_equal(gpt2.fused_qkv_head(rows), np.tile(np.repeat(np.arange(4), 8), 3))  # q, k, v
+    with pytest.raises(ValueError, match="fused q/k/v layout of family 'llama' is unknown"):
+        get_adapter(tiny_random_model("llama")).fused_qkv_head(rows)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import ClassVar, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import PreTrainedModel
@@ -123,6 +124,11 @@ class Adapter:
         """Neurons are the entries of this module's input."""
         return self.mlp(layer).get_submodule(self._mlp_down_proj)
 
+    def fused_qkv_head(self, rows: np.ndarray) -> np.ndarray:
+        """The head of each output row (an integer array) of a fused query/key/value projection with
+        3 * n_heads * d_head outputs; the row order is the family's."""
+        raise ValueError(f"the fused q/k/v layout of family '{self.family}' is unknown")
+
     def hook_point(self, piece: str, layer: int) -> HookPoint:
         """Where `piece` (one of `PIECES`, see the module docstring) of block `layer` is read."""
         if piece == "resid_mid" and self.parallel_residual(layer):
@@ -168,6 +174,9 @@ class GPTNeoXAdapter(Adapter):
         # the flag the block's own forward branches on (`config.use_parallel_residual`, default True)
         return bool(self.block(layer).use_parallel_residual)
 
+    def fused_qkv_head(self, rows: np.ndarray) -> np.ndarray:
+        return rows // (3 * self.d_head)  # per head, [q | k | v]
+
 
 class GPTNeoAdapter(Adapter):
     family = "gpt_neo"
@@ -211,6 +220,9 @@ class GPT2Adapter(Adapter):
     _mlp_norm = "ln_2"
     _attn_out_proj = "c_proj"
     _mlp_down_proj = "c_proj"
+
+    def fused_qkv_head(self, rows: np.ndarray) -> np.ndarray:
+        return (rows % (self.n_heads * self.d_head)) // self.d_head  # [q | k | v], each all heads in order
 
 
 ADAPTERS: dict[str, type[Adapter]] = {
