@@ -2,19 +2,23 @@
 
 
 
+import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from paramscope.models.adapters import get_adapter, weight_in_out
+from paramscope.models.adapters import PIECES, get_adapter, weight_in_out
 from paramscope.models.random_models import FAMILIES, tiny_random_model
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
+@pytest.fixture(scope="module", params=[*FAMILIES, "gpt_neox_sequential"])
 def adapter(request):
+    if request.param == "gpt_neox_sequential":
+        return get_adapter(tiny_random_model("gpt_neox", use_parallel_residual=False))
     return get_adapter(tiny_random_model(request.param))
 
 
@@ -72,6 +76,8 @@ def test_unknown_family():
     assert str(err.value) == "unsupported model family 'bert'; supported: gpt2, gpt_neo, gpt_neox, llama, qwen2"
     with pytest.raises(ValueError, match="unsupported model family 'bert'"):
         tiny_random_model("bert")
+    with pytest.raises(ValueError, match="GPTNeoXConfig has no field 'use_parallel_residuals'"):
+        tiny_random_model("gpt_neox", use_parallel_residuals=False)
 
 
 def test_tiny_random_model_is_seeded_and_leaves_global_rng_alone():
@@ -82,3 +88,112 @@ def test_tiny_random_model_is_seeded_and_leaves_global_rng_alone():
     pa, pb, pc = (dict(m.named_parameters()) for m in (a, b, c))
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
     assert not all(torch.equal(pa[k], pc[k]) for k in pa)
+
+
+# ------------------------------------------------------------------------- pieces of a block
+
+
+def _pieces_of_one_forward(adapter, ids):
+    """Every piece of every block that has it, read where `hook_point` says, on one forward of `ids`."""
+    seen, handles = {}, []
+
+    def keep(key, is_input):
+        def on_input(module, args, kwargs):
+            seen[key] = (args[0] if args else kwargs["hidden_states"]).detach()
+
+        def on_output(module, args, output):
+            seen[key] = (output[0] if isinstance(output, tuple) else output).detach()
+
+        return on_input if is_input else on_output
+
+    for layer in range(adapter.n_layers):
+        for piece in PIECES:
+            if piece == "resid_mid" and adapter.parallel_residual(layer):
+                continue
+            module, is_input = adapter.hook_point(piece, layer)
+            if is_input:
+                handles.append(module.register_forward_pre_hook(keep((piece, layer), True), with_kwargs=True))
+            else:
+                handles.append(module.register_forward_hook(keep((piece, layer), False)))
+    try:
+        with torch.no_grad():
+            adapter.model(input_ids=ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+def test_parallel_residual_is_the_blocks_own():
+    assert [get_adapter(tiny_random_model(f)).parallel_residual(0) for f in FAMILIES] == [
+        f == "gpt_neox" for f in FAMILIES]  # the tiny GPT-NeoX is built with use_parallel_residual=True
+    sequential = get_adapter(tiny_random_model("gpt_neox", use_parallel_residual=False))
+    assert not any(sequential.parallel_residual(layer) for layer in range(sequential.n_layers))
+    with pytest.raises(ValueError, match="parallel residual: it has no resid_mid"):
+        get_adapter(tiny_random_model("gpt_neox")).hook_point("resid_mid", 0)
+
+
+def test_every_piece_has_its_documented_shape_and_adds_up(adapter):
+    """Each piece is [batch, pos, *piece_shape] (z carried flat), and the block's arithmetic is the one
+    the module docstring states, so the pieces are where their names say."""
+    batch, pos = 2, 7
+    ids = torch.randint(0, 64, (batch, pos), generator=torch.Generator().manual_seed(0))
+    seen = _pieces_of_one_forward(adapter, ids)
+    assert [adapter.piece_shape(p) for p in PIECES] == [
+        (adapter.d_model,), (adapter.n_heads, adapter.d_head), (adapter.d_model,), (adapter.d_model,),
+        (adapter.d_ffn,), (adapter.d_model,), (adapter.d_model,)]
+    for (piece, layer), x in seen.items():
+        assert x.shape == (batch, pos, math.prod(adapter.piece_shape(piece))), (piece, layer)  # z is carried flat
+    for layer in range(adapter.n_layers):
+        def got(piece):
+            return seen[(piece, layer)]
+
+        # nothing follows the output projections inside their sublayers (dropout is off in eval mode)
+        assert torch.equal(adapter.attn_out_proj(layer)(got("z")), got("attn_out"))
+        assert torch.equal(adapter.mlp_down_proj(layer)(got("post")), got("mlp_out"))
+        if layer + 1 < adapter.n_layers:
+            assert torch.equal(got("resid_post"), seen[("resid_pre", layer + 1)])
+        if adapter.parallel_residual(layer):
+            expected = got("resid_pre") + got("attn_out") + got("mlp_out")
+        else:
+            torch.testing.assert_close(got("resid_mid"), got("resid_pre") + got("attn_out"), rtol=0, atol=1e-5)
+            expected = got("resid_mid") + got("mlp_out")
+        torch.testing.assert_close(got("resid_post"), expected, rtol=0, atol=1e-5)
+
+
+def test_mlp_norm_feeds_the_mlp(adapter):
+    seen = {}
+
+    def norm_out(module, args, output):
+        seen["norm"] = output
+
+    def mlp_in(module, args, kwargs):
+        seen["mlp_in"] = args[0] if args else kwargs["hidden_states"]
+
+    layer = 1
+    handles = [adapter.mlp_norm(layer).register_forward_hook(norm_out),
+               adapter.mlp(layer).register_forward_pre_hook(mlp_in, with_kwargs=True)]
+    try:
+        with torch.no_grad():
+            adapter.model(input_ids=torch.arange(1, 8)[None])
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert torch.equal(seen["norm"], seen["mlp_in"])
+
+
+def test_unknown_piece_is_named():
+    adapter = get_adapter(tiny_random_model("gpt2"))
+    for ask in (lambda: adapter.hook_point("hook_z", 0), lambda: adapter.piece_shape("hook_z")):
+        with pytest.raises(ValueError, match="unknown piece 'hook_z'; valid: resid_pre, z, attn_out"):
+            ask()
+
+
+def test_fused_qkv_rows_map_to_heads_in_the_familys_order():
+    neox, gpt2 = (get_adapter(tiny_random_model(f)) for f in ("gpt_neox", "gpt2"))
+    rows = np.arange(3 * 4 * 8)  # 4 heads of 8
+    per_head = np.repeat(np.arange(4), 3 * 8)  # GPT-NeoX: head 0's q, k, v, then head 1's ...
+    np.testing.assert_array_equal(neox.fused_qkv_head(rows), per_head)
+    np.testing.assert_array_equal(gpt2.fused_qkv_head(rows), np.tile(np.repeat(np.arange(4), 8), 3))  # q, k, v
+    with pytest.raises(ValueError, match="fused q/k/v layout of family 'llama' is unknown"):
+        get_adapter(tiny_random_model("llama")).fused_qkv_head(rows)

@@ -17,7 +17,7 @@ from paramscope.models.random_models import tiny_random_model
 
 ATOL = 1e-5
 BATCH = 4  # documents per batch, for the loop and the engine alike
-FAMILIES = ["gpt_neox", "gpt2", "llama", "gpt_neo"]
+FAMILIES = ["gpt_neox", "gpt2", "llama", "gpt_neo", "gpt_neox_sequential"]
 MAPS = [(group, op, value) for group in ("heads", "neurons", "attn", "mlp", "layers")
         for op, value in (("zero", 0.0), ("scale", 0.5))]
 
@@ -33,7 +33,10 @@ def docs(smoke_suite):
 def setup(request, docs):
     """A tiny model of one family and the loop's scores for every unit of every map."""
     found, vocab = docs
-    adapter = get_adapter(tiny_random_model(request.param, seed=1, vocab_size=vocab))
+    family, overrides = request.param.removesuffix("_sequential"), {}
+    if request.param.endswith("_sequential"):  # GPT-NeoX's other block: the MLP reads the residual after attention
+        overrides = dict(use_parallel_residual=False)
+    adapter = get_adapter(tiny_random_model(family, seed=1, vocab_size=vocab, **overrides))
     clean = score(adapter.model, found, BATCH)
     loop = {}
     for group, op, value in MAPS:
@@ -55,9 +58,10 @@ def assert_equals_loop(result, loop, clean):
 
 
 @pytest.mark.parametrize("group,op,value", MAPS)
-def test_engine_equals_one_unit_at_a_time_loop(setup, group, op, value):
+def test_engine_equals_one_unit_at_a_time_loop(setup, group, op, value, caplog):
     adapter, found, clean, loop = setup
     result = fast_map(adapter, found, group, op, value, batch_size=BATCH, neuron_block=16)
+    assert "not exact" not in caplog.text  # every block is rebuilt from the adapter's pieces, none re-run
     assert [spec for spec, _ in result] == list(unit_specs(adapter, group, op, value, neuron_block=16))
     assert_equals_loop(result, loop, clean)
 
@@ -138,13 +142,11 @@ def test_rejects_what_gates_cannot_express(setup):
 
 
 def test_a_block_that_does_not_add_up_falls_back_to_re_running_it(docs, monkeypatch, caplog):
-    """The engine checks its rebuilt block output bit for bit against the clean one; a family whose
-    block is not what it expects (here: the wrong norm named in front of the MLP) is re-run whole."""
-    from paramscope.ablation import engine
-
+    """The engine checks its rebuilt block output bit for bit against the clean one; an adapter whose
+    block is not what it says (here: the wrong norm named in front of the MLP) has it re-run whole."""
     found, vocab = docs
     adapter = get_adapter(tiny_random_model("gpt2", seed=1, vocab_size=vocab))
-    monkeypatch.setitem(engine._MLP_NORM, "gpt2", "ln_1")
+    monkeypatch.setattr(adapter, "mlp_norm", lambda layer: adapter.block(layer).ln_1)
     result = fast_map(adapter, found, "heads", batch_size=BATCH)
     assert "not exact" in caplog.text
     for spec, scores in result:

@@ -18,12 +18,14 @@ per document, `evaluation.packing`, exactly as the scorer runs them):
      - neurons / mlp: the MLP output (the down projection re-applied to the gated neuron
        activations, or gate x the MLP output) plus the residual it is added to;
      - heads / attn: the attention output (the output projection re-applied to the gated head
-       activations, or gate x the attention output); then for GPT-NeoX's parallel residual
-       (MLP output + attention output) + input, and for the sequential families the MLP re-run on
-       the new residual (its norm and MLP modules only: queries, keys and values are not
-       recomputed).
+       activations, or gate x the attention output); then for a parallel residual
+       (`Adapter.parallel_residual`) (MLP output + attention output) + input, and for a sequential
+       block the MLP re-run on the new residual (its norm and MLP modules only: queries, keys and
+       values are not recomputed).
+   The pieces are the adapter's, named after TransformerLens's hook points (`models.adapters`):
+   resid_pre, z, attn_out, resid_mid, post, mlp_out, resid_post.
    Each rebuild is checked bit for bit against the clean block output of the first trunk (with
-   gates 1); where a family's block does something else, that site falls back to re-running block
+   gates 1); where a block does something else, that site falls back to re-running block
    l whole under `interventions.gated`, which is exact for any block.
 3. **Readout.** Only the read positions (the last context position, and a packed row's choice
    positions) are normalised and unembedded, and the last block's MLP runs at those positions only
@@ -89,27 +91,11 @@ log = logging.getLogger(__name__)
 FAST_OPS = ("zero", "scale")
 DEFAULT_MAX_BATCH_TOKENS = 32768
 
-# The norm in front of each block's MLP (its input is the residual the MLP output is added to, in
-# the sequential families). Adapters do not name it yet; it belongs there (`Adapter.mlp_norm`).
-_MLP_NORM = {
-    "gpt2": "ln_2",
-    "gpt_neo": "ln_2",
-    "gpt_neox": "post_attention_layernorm",
-    "llama": "post_attention_layernorm",
-    "qwen2": "post_attention_layernorm",
-}
-
-
 def gate_value(op: str, value: float) -> float:
     """The multiplicative gate that stands for `op`: 0 for zero, alpha for scale."""
     if op not in FAST_OPS:
         raise ValueError(f"fast maps support ops {', '.join(FAST_OPS)}; got '{op}' (use the plain loop)")
     return 0.0 if op == "zero" else float(value)
-
-
-def parallel_residual(adapter: Adapter, layer: int) -> bool:
-    """GPT-NeoX's parallel residual: attention and MLP both read the block input."""
-    return adapter.family == "gpt_neox" and bool(getattr(adapter.block(layer), "use_parallel_residual", False))
 
 
 def _branchable(doc: Doc, limit: int | None) -> bool:
@@ -178,7 +164,7 @@ class _Trunk:
 
     calls: list[tuple[tuple, dict]]  # (args, kwargs) each block was called with
     final: Tensor  # the last block's output, before the final norm
-    seen: dict[tuple[str, int], Tensor] = field(default_factory=dict)  # (piece, layer) -> tensor
+    seen: dict[tuple[str, int], Tensor] = field(default_factory=dict)  # (piece, layer) -> tensor, `_pieces`
 
     def block_in(self, layer: int) -> Tensor:
         return _input_of(*self.calls[layer])
@@ -187,33 +173,19 @@ class _Trunk:
         return self.block_in(layer + 1) if layer + 1 < len(self.calls) else self.final
 
 
-# Pieces of a block the branch reuses, and where each is read:
-#   z: input of the attention output projection     attn: attention output (first)
-#   a: input of the MLP down projection             mlp: MLP output
-#   r: input of the MLP norm (the residual the MLP output is added to, sequential families)
-def _piece_module(adapter: Adapter, piece: str, layer: int) -> tuple[torch.nn.Module, bool]:
-    """(module, whether the piece is its input)."""
-    if piece == "z":
-        return adapter.attn_out_proj(layer), True
-    if piece == "a":
-        return adapter.mlp_down_proj(layer), True
-    if piece == "attn":
-        return adapter.attention(layer), False
-    if piece == "mlp":
-        return adapter.mlp(layer), False
-    return adapter.block(layer).get_submodule(_MLP_NORM[adapter.family]), True
-
-
+# The trunk records these pieces of a block for the branch to reuse (shapes in `models.adapters`);
+# resid_pre and resid_post are the recorded block calls and outputs.
+#   z          [batch, pos, n_heads * d_head]  heads are gated here        attn_out  [batch, pos, d_model]
+#   post       [batch, pos, d_ffn]             neurons are gated here      mlp_out   [batch, pos, d_model]
+#   resid_mid  [batch, pos, d_model]           what the MLP re-runs on, sequential blocks only
 def _pieces(adapter: Adapter, group: str, layer: int) -> tuple[str, ...]:
     """The pieces needed to rebuild block `layer` with `group` gated (empty: re-run the block)."""
     if group == "layers":
         return ()
-    if adapter.family not in _MLP_NORM:
-        return ()
-    site = {"heads": "z", "neurons": "a"}.get(group, ())
-    if parallel_residual(adapter, layer):
-        return tuple(sorted({*site, "attn", "mlp"}))
-    return tuple(sorted({*site, "attn", "mlp", "r"}))
+    site = {"heads": ("z",), "neurons": ("post",)}.get(group, ())
+    if adapter.parallel_residual(layer):
+        return tuple(sorted({*site, "attn_out", "mlp_out"}))
+    return tuple(sorted({*site, "attn_out", "mlp_out", "resid_mid"}))
 
 
 def _trunk(adapter: Adapter, batch: Batch, wanted: Sequence[tuple[str, int]]) -> _Trunk:
@@ -246,8 +218,9 @@ def _trunk(adapter: Adapter, batch: Batch, wanted: Sequence[tuple[str, int]]) ->
         for layer, block in enumerate(adapter.blocks()):
             handles.append(block.register_forward_pre_hook(on_call(layer), with_kwargs=True, prepend=True))
         handles.append(adapter.block(n - 1).register_forward_hook(lambda m, a, o: final.append(output_tensor(o))))
-        for key in wanted:
-            module, is_input = _piece_module(adapter, *key)
+        for piece, layer in wanted:
+            module, is_input = adapter.hook_point(piece, layer)
+            key = (piece, layer)
             if is_input:
                 handles.append(module.register_forward_pre_hook(on_input(key), with_kwargs=True))
             else:
@@ -349,29 +322,29 @@ def _rebuild(
     trunk's documents and the gate is all ones: the result must equal the clean block output."""
     t = (lambda x: x) if gates_1 else tiler
     seen = {name: t(trunk.seen[(name, layer)]) for name in _pieces(adapter, group, layer)}
-    h = t(trunk.block_in(layer))
+    resid_pre = t(trunk.block_in(layer))
     if group == "layers":
-        return h + _scaled(t(trunk.block_out(layer)) - h, gate)
+        return resid_pre + _scaled(t(trunk.block_out(layer)) - resid_pre, gate)
     if group in ("neurons", "mlp"):
         if group == "neurons":
             with gated(adapter, {(group, layer): gate}):
-                mlp = adapter.mlp_down_proj(layer)(seen["a"])
+                mlp_out = adapter.mlp_down_proj(layer)(seen["post"])
         else:
-            mlp = _scaled(seen["mlp"], gate)
-        if parallel_residual(adapter, layer):
-            return mlp + seen["attn"] + h
-        return seen["r"] + mlp
+            mlp_out = _scaled(seen["mlp_out"], gate)
+        if adapter.parallel_residual(layer):
+            return mlp_out + seen["attn_out"] + resid_pre
+        return seen["resid_mid"] + mlp_out
     if group == "heads":
         with gated(adapter, {(group, layer): gate}):
-            attn = adapter.attn_out_proj(layer)(seen["z"])
+            attn_out = adapter.attn_out_proj(layer)(seen["z"])
     else:
-        attn = _scaled(seen["attn"], gate)
-    if parallel_residual(adapter, layer):
-        return seen["mlp"] + attn + h
-    r = h + attn
-    norm, mlp = adapter.block(layer).get_submodule(_MLP_NORM[adapter.family]), adapter.mlp(layer)
+        attn_out = _scaled(seen["attn_out"], gate)
+    if adapter.parallel_residual(layer):
+        return seen["mlp_out"] + attn_out + resid_pre
+    resid_mid = resid_pre + attn_out
+    norm, mlp = adapter.mlp_norm(layer), adapter.mlp(layer)
     with _mlp_at(adapter, layer, read) if layer == adapter.n_layers - 1 and not gates_1 else nullcontext():
-        return r + output_tensor(mlp(norm(r)))
+        return resid_mid + output_tensor(mlp(norm(resid_mid)))
 
 
 def _rebuild_ok(adapter: Adapter, trunk: _Trunk, group: str, layer: int) -> bool:
@@ -379,8 +352,6 @@ def _rebuild_ok(adapter: Adapter, trunk: _Trunk, group: str, layer: int) -> bool
     heads and neurons, whether the projection alone gives the recorded sublayer output)."""
     if group == "layers":
         return True
-    if not _pieces(adapter, group, layer):
-        return False
     batch = trunk.block_in(layer).shape[0]
     dev = trunk.block_in(layer).device
     ones = torch.ones(batch, n_units(adapter, group), device=dev)
@@ -389,9 +360,9 @@ def _rebuild_ok(adapter: Adapter, trunk: _Trunk, group: str, layer: int) -> bool
         same = torch.equal(rebuilt, trunk.block_out(layer))
         if group in ("heads", "neurons"):  # nothing follows the projection inside its sublayer
             proj = adapter.attn_out_proj(layer) if group == "heads" else adapter.mlp_down_proj(layer)
-            site, sublayer = ("z", "attn") if group == "heads" else ("a", "mlp")
+            site, sublayer = ("z", "attn_out") if group == "heads" else ("post", "mlp_out")
             same = same and torch.equal(proj(trunk.seen[(site, layer)]), trunk.seen[(sublayer, layer)])
-    except (KeyError, AttributeError, RuntimeError):  # a piece is not where this family was expected to have it
+    except (KeyError, AttributeError, RuntimeError):  # a piece is not where the adapter said it is
         same = False
     if not same:
         log.warning("%s block %d: rebuilding its output under %s ablation is not exact here; re-running the block",

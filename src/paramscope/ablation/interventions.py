@@ -4,14 +4,17 @@ Nothing copies the model: `apply` (fixed operations) and `gated` (per-example mu
 so that a batch can carry many variants, and so that gradients with respect to a gate screen every
 unit at once) register forward(-pre) hooks and remove them on exit, also on exceptions.
 
-Every group is cut at one *site*, whose activation is seen as (..., n_units, width):
+Every group is cut at one *site*, a piece of the block named after TransformerLens's hook points
+(`SITE_PIECES`; the adapter says where each piece is, `Adapter.hook_point`), whose activation is seen
+as (..., n_units, width):
 
-- heads: input of the attention output projection, (..., n_heads, d_head). The output of that
+- heads: z, the input of the attention output projection, (..., n_heads, d_head). The output of that
   projection mixes all heads, so slicing it would not select a head.
-- neurons: input of the MLP down projection, (..., d_ffn, 1).
-- attn / mlp: the sublayer's contribution to the residual stream (its first output), (..., 1, d_model).
-- layers: the block's contribution, output minus input, (..., 1, d_model); zeroing it makes the block
-  the identity, so the residual stream passes through.
+- neurons: post, the input of the MLP down projection, (..., d_ffn, 1).
+- attn / mlp: attn_out / mlp_out, the sublayer's contribution to the residual stream (its first
+  output), (..., 1, d_model).
+- layers: the block's contribution, resid_post - resid_pre, (..., 1, d_model); zeroing it makes the
+  block the identity, so the residual stream passes through.
 
 Our hooks are prepended so that any other hook (e.g. transformers' `output_hidden_states` capture)
 sees the intervened values; where contexts nest on one site, the inner context's hook runs first.
@@ -19,6 +22,7 @@ sees the intervened values; where contexts nest on one site, the inner context's
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +40,8 @@ GROUPS: tuple[str, ...] = ("heads", "neurons", "attn", "mlp", "layers")
 OPS: tuple[str, ...] = ("zero", "scale", "mean", "noise", "resample")
 Site = tuple[str, int]  # (group, layer)
 Edit = Callable[[Tensor], Tensor]  # (..., n_units, width) -> same shape
+# The piece each group is cut at (`models.adapters`); layers take the whole block, resid_post - resid_pre.
+SITE_PIECES: dict[str, str] = {"heads": "z", "neurons": "post", "attn": "attn_out", "mlp": "mlp_out"}
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,7 @@ def n_units(adapter: Adapter, group: str) -> int:
 
 def _site_width(adapter: Adapter, group: str) -> int:
     """Last dimension of a site's activation (the width of `mean` and `resample` activations)."""
-    return {"heads": adapter.n_heads * adapter.d_head, "neurons": adapter.d_ffn}.get(group, adapter.d_model)
+    return math.prod(adapter.piece_shape(SITE_PIECES.get(group, "resid_post")))
 
 
 def _as_adapter(target: PreTrainedModel | Adapter) -> Adapter:
@@ -102,21 +108,19 @@ def _register(adapter: Adapter, group: str, layer: int, edit: Edit) -> Removable
     def in_units(x: Tensor) -> Tensor:
         return edit(x.unflatten(-1, (count, -1))).flatten(-2)
 
-    if group in ("heads", "neurons"):
-        proj = adapter.attn_out_proj(layer) if group == "heads" else adapter.mlp_down_proj(layer)
+    if group in SITE_PIECES:
+        module, is_input = adapter.hook_point(SITE_PIECES[group], layer)
+        if is_input:
 
-        def on_input(module: nn.Module, args: tuple) -> tuple:  # v5 calls projections positionally
-            return (in_units(args[0]), *args[1:])
+            def on_input(module: nn.Module, args: tuple) -> tuple:  # v5 calls projections positionally
+                return (in_units(args[0]), *args[1:])
 
-        return proj.register_forward_pre_hook(on_input, prepend=True)
-
-    if group in ("attn", "mlp"):
-        sublayer = adapter.attention(layer) if group == "attn" else adapter.mlp(layer)
+            return module.register_forward_pre_hook(on_input, prepend=True)
 
         def on_output(module: nn.Module, args: tuple, output: Tensor | tuple) -> Tensor | tuple:
             return with_output_tensor(output, in_units(output_tensor(output)))
 
-        return sublayer.register_forward_hook(on_output, prepend=True)
+        return module.register_forward_hook(on_output, prepend=True)
 
     def on_block(module: nn.Module, args: tuple, kwargs: dict, output: Tensor | tuple) -> Tensor | tuple:
         hidden_in = args[0] if args else kwargs["hidden_states"]

@@ -59,12 +59,17 @@ def _config(family: str, vocab_size: int) -> tuple[type[PreTrainedModel], Pretra
     raise ValueError(f"unsupported model family '{family}'; supported: {', '.join(FAMILIES)}")
 
 
-def tiny_random_model(family: str, seed: int = 0, vocab_size: int = 64) -> PreTrainedModel:
-    """A 3-layer, 4-head, d_model 32 model of `family` in eval mode with eager attention.
+def tiny_random_model(family: str, seed: int = 0, vocab_size: int = 64, **overrides) -> PreTrainedModel:
+    """A 3-layer, 4-head, d_model 32 model of `family` in eval mode with eager attention; `overrides` set
+    config fields (e.g. `use_parallel_residual=False` for a sequential GPT-NeoX).
 
     The global RNG is left untouched so that building a model never shifts other random streams.
     """
     cls, config = _config(family, vocab_size)
+    for name, value in overrides.items():
+        if not hasattr(config, name):  # a misspelt field would be stored and silently ignored
+            raise ValueError(f"{type(config).__name__} has no field '{name}'")
+        setattr(config, name, value)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = cls._from_config(config, attn_implementation="eager", dtype=torch.float32)

@@ -16,7 +16,7 @@ u: for a GPT-NeoX head, the 3 d_head query/key/value entries of column i in that
 `query_key_value` plus the d_head entries of row i in that head's columns of `dense`; for a neuron j,
 W_in[j, i] and W_out[i, j] (and W_gate[j, i] where there is a gate).
 
-Fused query/key/value projections order their rows differently by family; the two layouts are below.
+Fused query/key/value projections order their rows differently by family (`Adapter.fused_qkv_head`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ from transformers.pytorch_utils import Conv1D
 from paramscope.ablation.weights import layer_of
 from paramscope.models.adapters import Adapter, weight_in_out
 
-# Row order of a fused q/k/v projection with 3 * n_heads * d_head outputs.
-FUSED_QKV_LAYOUT = {"gpt_neox": "per-head [q|k|v]", "gpt2": "[q|k|v] blocks of heads"}
 KINDS = ("heads", "neurons")
 
 
@@ -60,12 +58,7 @@ def _attention_units(adapter: Adapter, name: str, module: nn.Module, n_units: in
     d_head, n_heads = adapter.d_head, adapter.n_heads
     rows = np.arange(d_out)
     if d_out == 3 * n_heads * d_head:  # fused q/k/v
-        layout = FUSED_QKV_LAYOUT.get(adapter.family)
-        if layout is None:
-            raise ValueError(f"{name}: fused q/k/v layout of family '{adapter.family}' is unknown; "
-                             f"known: {', '.join(FUSED_QKV_LAYOUT)}")
-        head = rows // (3 * d_head) if adapter.family == "gpt_neox" else (rows % (n_heads * d_head)) // d_head
-        return head * n_units // n_heads
+        return adapter.fused_qkv_head(rows) * n_units // n_heads
     if d_out % d_head:
         raise ValueError(f"{name}: {d_out} outputs are not whole heads of size {d_head}")
     module_heads = d_out // d_head  # n_heads for queries, the number of k/v groups for keys and values
