@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from paramscope.errors import StudyError
 from paramscope.report import latex as tex
+from paramscope.report.order import preferred_order, sort_rows
 from paramscope.report.output import write_bytes, write_csv, write_json, write_text
 from paramscope.stats import (
     benjamini_hochberg,
@@ -169,24 +170,10 @@ def _unique(df: pd.DataFrame, keys: list[str], stage: str) -> None:
                          f"an older run; rerun the '{PRODUCER[stage]}' stage")
 
 
-def preferred_order(values: Iterable[object], preferred: Sequence[object]) -> list:
-    present = set(values)
-    return [v for v in preferred if v in present] + sorted(v for v in present if v not in preferred)
-
-
 def _sorted(df: pd.DataFrame, s: Settings, extra: Sequence[str] = ()) -> pd.DataFrame:
     """Rows in the paper's order (models and tasks as configured), independent of file names."""
-    keys = []
-    tmp = df.copy()
-    for col, preferred in (("model", s.models), ("task", s.tasks), ("split", (s.select_split, s.split)),
-                           ("group", GROUP_ORDER)):
-        if col in tmp.columns:
-            rank = {v: i for i, v in enumerate(preferred_order(tmp[col], preferred))}
-            tmp[f"_{col}"] = tmp[col].map(rank)
-            keys.append(f"_{col}")
-    keys += [c for c in ("op", "value", *extra) if c in tmp.columns]
-    tmp = tmp.sort_values(keys, kind="mergesort")
-    return tmp.drop(columns=[k for k in keys if k.startswith("_")]).reset_index(drop=True)
+    ranked = (("model", s.models), ("task", s.tasks), ("split", (s.select_split, s.split)), ("group", GROUP_ORDER))
+    return sort_rows(df, ranked, then=("op", "value", *extra))
 
 
 # ------------------------------------------------------------------------------------ statistics
@@ -402,14 +389,6 @@ def spearman(atlas: pd.DataFrame, s: Settings) -> pd.DataFrame:
 # ------------------------------------------------------------------------------- macros, metrics
 
 
-class _Macros(dict):
-    def add(self, value: object, *parts: object) -> None:
-        name = tex.macro_name(*parts)
-        if name in self:
-            raise ValueError(f"two report numbers map to the macro name \\{name}; rename a model or task")
-        self[name] = str(value)
-
-
 def _verdict(delta: float, q: float, fdr: float) -> str:
     if not (np.isfinite(q) and q < fdr):
         return "no significant change"
@@ -422,7 +401,7 @@ def _label_parts(group: str, op: str, value: float) -> tuple[str, ...]:
 
 def build_macros(rep: Reports, s: Settings) -> dict[str, str]:
     """Every number (and the few words that depend on numbers) the paper text cites."""
-    m = _Macros()
+    m = tex.Macros()
     m.add(f"{s.level * 100:g}", "CiLevel")
     m.add(f"{s.fdr:g}", "FdrLevel")
     m.add(s.n_resamples, "ReportResamples")
