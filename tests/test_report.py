@@ -443,7 +443,7 @@ def test_the_real_profile_reports_no_trained_model_of_the_tiny_profile():
     variants or training mixes may reach its report's macros."""
     from helpers import make_cfg
 
-    from paramscope.report.aggregate import profile_facts
+    from paramscope.report.settings import profile_facts
 
     cfg = make_cfg("aggregate", ["profile=real"])
     names = {name for name, _ in profile_facts(cfg)}

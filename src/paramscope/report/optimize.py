@@ -26,9 +26,9 @@ from omegaconf import DictConfig
 
 from paramscope.errors import StudyError
 from paramscope.report import latex as tex
-from paramscope.report.aggregate import Settings
 from paramscope.report.order import preferred_order, sort_rows
 from paramscope.report.output import write_csv, write_json, write_text
+from paramscope.report.settings import Settings
 from paramscope.report.style import (
     DIVERGING,
     TEXT_WIDTH,
