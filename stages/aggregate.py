@@ -6,16 +6,16 @@ import hydra
 from omegaconf import DictConfig
 
 from paramscope.errors import guard
-from paramscope.report.aggregate import Settings, aggregate
+from paramscope.report import atlas
 from paramscope.tracking import stage_run
 
 
 @hydra.main(config_path="../conf", config_name="aggregate", version_base="1.3")
 @guard
 def main(cfg: DictConfig) -> None:
-    settings = Settings.from_cfg(cfg)
+    # the atlas topic writes into the reports folder itself (the paper and figures read it there)
     with stage_run(cfg, "aggregate") as run:
-        metrics = aggregate(Path(cfg.paths.results), Path(cfg.paths.reports), settings)
+        metrics = atlas.report(cfg, Path(cfg.paths.results), Path(cfg.paths.reports))
         run.summary.update({k: v for k, v in metrics.items() if v is not None})
 
 

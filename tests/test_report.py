@@ -20,14 +20,11 @@ import pytest
 
 from paramscope.errors import StudyError
 from paramscope.report import latex as tex
-from paramscope.report.aggregate import (
-    MAP_KEYS,
-    Settings,
-    aggregate,
-    build,
-    load_inputs,
-)
+from paramscope.report.atlas.inputs import load_inputs
+from paramscope.report.atlas.keys import MAP_KEYS
+from paramscope.report.atlas.topic import aggregate, build
 from paramscope.report.figures import figures
+from paramscope.report.settings import Settings
 from paramscope.stats import benjamini_hochberg, paired_delta_summary
 from paramscope.store import cell_key, cell_path, write_cell
 
@@ -443,7 +440,7 @@ def test_the_real_profile_reports_no_trained_model_of_the_tiny_profile():
     variants or training mixes may reach its report's macros."""
     from helpers import make_cfg
 
-    from paramscope.report.aggregate import profile_facts
+    from paramscope.report.settings import profile_facts
 
     cfg = make_cfg("aggregate", ["profile=real"])
     names = {name for name, _ in profile_facts(cfg)}
@@ -455,7 +452,7 @@ def test_the_real_profile_reports_no_trained_model_of_the_tiny_profile():
 def test_a_screened_map_is_not_taken_for_a_whole_map():
     """Concentration (share of a map's damage in its top units) needs every unit; a screened map's rows
     are a chosen subset, so the report leaves it out there."""
-    from paramscope.report.aggregate import every_unit_exact
+    from paramscope.report.atlas.maps import every_unit_exact
 
     assert every_unit_exact(pd.DataFrame({"delta_acc": [0.1, 0.2]}))  # rows made before the column existed
     assert every_unit_exact(pd.DataFrame({"checked": ["all", "all"]}))

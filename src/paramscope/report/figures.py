@@ -19,7 +19,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from paramscope.errors import StudyError
-from paramscope.report.aggregate import GROUP_ORDER, SITE_GROUPS, UNIT_GROUPS, preferred_order
+from paramscope.report.atlas.keys import GROUP_ORDER, SITE_GROUPS, UNIT_GROUPS
+from paramscope.report.order import preferred_order
 from paramscope.report.style import (
     CORRELATION,
     DIVERGING,

@@ -26,8 +26,9 @@ from omegaconf import DictConfig
 
 from paramscope.errors import StudyError
 from paramscope.report import latex as tex
-from paramscope.report.aggregate import Settings, preferred_order
+from paramscope.report.order import preferred_order, sort_rows
 from paramscope.report.output import write_csv, write_json, write_text
+from paramscope.report.settings import Settings
 from paramscope.report.style import (
     DIVERGING,
     TEXT_WIDTH,
@@ -168,36 +169,15 @@ def _largest_within(curve: pd.DataFrame) -> float:
 
 
 def _ordered(df: pd.DataFrame, s: Settings, extra: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Rows by model, task, target task, group, ordering, method and split as configured, then ``extra``."""
     if df.empty:
         return df
-    tmp = df.copy()
-    keys = []
-    for col, preferred in (("model", s.models), ("task", s.tasks), ("target_task", s.tasks),
-                           ("group", GROUP_ORDER), ("ordering", ORDERING_ORDER), ("method", ("coordinate", "cmaes")),
-                           ("split", (s.select_split, s.split))):
-        if col in tmp.columns:
-            rank = {v: i for i, v in enumerate(preferred_order(tmp[col], preferred))}
-            tmp[f"_{col}"] = tmp[col].map(rank)
-            keys.append(f"_{col}")
-    tmp = tmp.sort_values(keys + list(extra), kind="mergesort")
-    return tmp.drop(columns=keys).reset_index(drop=True)
+    ranked = (("model", s.models), ("task", s.tasks), ("target_task", s.tasks), ("group", GROUP_ORDER),
+              ("ordering", ORDERING_ORDER), ("method", ("coordinate", "cmaes")), ("split", (s.select_split, s.split)))
+    return sort_rows(df, ranked, then=extra)
 
 
 # ------------------------------------------------------------------------------------------ macros
-
-
-class _Macros(dict):
-    def add(self, value: object, *parts: object) -> None:
-        name = tex.macro_name(TOPIC, *parts)
-        if name in self:
-            raise ValueError(f"two optimize numbers map to \\{name}")
-        self[name] = str(value)
-
-    def interval(self, x: float, low: float, high: float, *parts: object, scale: str = "pct") -> None:
-        fmt = tex.pct if scale == "pct" else nats
-        self.add(fmt(x), *parts)
-        self.add(fmt(low), *parts, "Low")
-        self.add(fmt(high), *parts, "High")
 
 
 def nats(x: float) -> str:
@@ -209,14 +189,12 @@ def nats(x: float) -> str:
     return rf"\ensuremath{{{mantissa}\times 10^{{{int(exponent)}}}}}"
 
 
-def verdict(low: float, high: float) -> str:
-    """How a 95% interval of a delta sits against zero, in words for the text."""
-    return "above zero" if low > 0 else "below zero" if high < 0 else "includes zero"
+ZERO_WORDS = {1: "above zero", -1: "below zero", 0: "includes zero"}  # where a delta's interval lies
 
 
 def build_macros(search: pd.DataFrame, control: pd.DataFrame, transfer: pd.DataFrame, curves: pd.DataFrame,
                  keep: pd.DataFrame, config: str, s: Settings) -> dict[str, str]:
-    m = _Macros()
+    m = tex.Macros(TOPIC)
     chosen = search[search.selected]
     m.add(config.split("-")[0][1:], "K")
     m.add(config.split("-")[1][1:], "Budget")
@@ -233,12 +211,12 @@ def build_macros(search: pd.DataFrame, control: pd.DataFrame, transfer: pd.DataF
         m.add(tex.num(dev.strength, 2), model, task, "Strength")
         m.interval(dev.delta_acc, dev.ci_low, dev.ci_high, model, task, "DevDelta")
         m.interval(test.delta_acc, test.ci_low, test.ci_high, model, task, "TestDelta")
-        m.interval(test.delta_ll, test.ll_ci_low, test.ll_ci_high, model, task, "TestDeltaLl", scale="num")
-        m.interval(dev.delta_ll, dev.ll_ci_low, dev.ll_ci_high, model, task, "DevDeltaLl", scale="num")
+        m.interval(test.delta_ll, test.ll_ci_low, test.ll_ci_high, model, task, "TestDeltaLl", fmt=nats)
+        m.interval(dev.delta_ll, dev.ll_ci_low, dev.ll_ci_high, model, task, "DevDeltaLl", fmt=nats)
         m.add(tex.pct(test.acc_clean), model, task, "TestClean")
-        m.add(verdict(dev.ci_low, dev.ci_high), model, task, "DevVerdict")
-        m.add(verdict(test.ci_low, test.ci_high), model, task, "TestVerdict")
-        m.add(verdict(test.ll_ci_low, test.ll_ci_high), model, task, "TestLlVerdict")
+        m.add(ZERO_WORDS[tex.ci_side(dev.ci_low, dev.ci_high)], model, task, "DevVerdict")
+        m.add(ZERO_WORDS[tex.ci_side(test.ci_low, test.ci_high)], model, task, "TestVerdict")
+        m.add(ZERO_WORDS[tex.ci_side(test.ll_ci_low, test.ll_ci_high)], model, task, "TestLlVerdict")
         c = control[(control.model == model) & (control.task == task)].iloc[0]
         m.add(tex.pct(c.delta_acc_mean), model, task, "RandomDelta")
         m.add(tex.pct(c.delta_acc_low), model, task, "RandomDeltaLow")

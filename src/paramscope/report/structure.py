@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from paramscope.errors import StudyError
 from paramscope.report import latex as tex
+from paramscope.report.order import preferred_then_seen
 from paramscope.report.output import write_json, write_text
 from paramscope.report.style import (
     TEXT_WIDTH,
@@ -48,11 +49,6 @@ METHOD_COLORS = {"anneal": 0, "magnitude": 1}
 
 def _m(*parts: object) -> str:
     return tex.macro_name("Structure", *parts)
-
-
-def _order(values: pd.Series, preferred: list[str]) -> list[str]:
-    present = list(dict.fromkeys(values))
-    return [v for v in preferred if v in present] + [v for v in present if v not in preferred]
 
 
 def crossing_sparsity(curve: pd.DataFrame, dense_loss: float, tolerance: float) -> float:
@@ -243,7 +239,7 @@ def report(cfg: DictConfig, results: Path, out: Path) -> dict:
     anneal, components = ((g[(g.fdr == fdr) & (g.tolerance == tolerance)]).reset_index(drop=True)
                           for g in (by_kind["anneal"], by_kind["components"]))
     weibull = by_kind["weibull"]
-    models = _order(tests.model, list(cfg.get("models", [])))
+    models = preferred_then_seen(tests.model, list(cfg.get("models", [])))
     paired = paired_states(anneal, split, int(r.n_resamples), float(r.level), int(cfg.seed))
     summary = annealing_summary(anneal)
     macros: dict[str, str] = {_m("Split"): tex.escape(split), _m("SelectSplit"): tex.escape(r.select_split)}

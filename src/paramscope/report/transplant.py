@@ -189,14 +189,14 @@ def _values(xs: pd.Series, fmt) -> str:
     return ", ".join(fmt(x) for x in sorted(set(xs)))
 
 
-def _verdict(low: float, high: float) -> str:
+COMPARISON_WORDS = {1: "better than", -1: "worse than", 0: "not distinguishable from"}  # vs a control
+
+
+def comparison_words(low: float, high: float) -> str:
+    """How the selected modules compare with a control, by the interval of their difference."""
     if not (np.isfinite(low) and np.isfinite(high)):
         return "not measured"
-    if low > 0:
-        return "better than"
-    if high < 0:
-        return "worse than"
-    return "not distinguishable from"
+    return COMPARISON_WORDS[tex.ci_side(low, high)]
 
 
 def build_macros(rep: Report) -> dict[str, str]:
@@ -263,8 +263,8 @@ def build_macros(rep: Report) -> dict[str, str]:
         for ctrl in ("random", "layer"):
             add(tex.pct(h.get(f"{ctrl}_acc")), *k, ctrl.title(), "Acc")
             _add_ci(add, h, f"vs_{ctrl}", f"vs_{ctrl}_low", f"vs_{ctrl}_high", tex.pct, *k, "Vs", ctrl.title())
-            add(_verdict(h.get(f"vs_{ctrl}_low", np.nan), h.get(f"vs_{ctrl}_high", np.nan)), *k, "Vs", ctrl.title(),
-                "Verdict")
+            add(comparison_words(h.get(f"vs_{ctrl}_low", np.nan), h.get(f"vs_{ctrl}_high", np.nan)),
+                *k, "Vs", ctrl.title(), "Verdict")
         add(tex.pct(h.get("all_acc")), *k, "CopyAllAcc")
         _add_ci(add, h, "all_gbr", "all_gbr_low", "all_gbr_high", lambda x: tex.pct(x, 0), *k, "CopyAllGbr")
     return m

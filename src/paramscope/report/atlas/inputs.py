@@ -1,0 +1,53 @@
+"""The atlas's inputs: the ``eval`` and ``ablate`` result cells, checked to be complete and from one run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from paramscope.errors import StudyError
+from paramscope.report.atlas.keys import MAP_KEYS
+from paramscope.store import load_results
+
+PRODUCER = {"eval": "evaluate", "ablate": "ablate"}
+REQUIRED = {
+    "eval": ("model", "digest", "task", "split", "n", "acc", "ex_doc_ids", "ex_correct"),
+    "ablate": ("model", "digest", "task", "split", "group", "layer", "unit", "n_units", "op", "value", "n",
+               "acc_clean", "acc", "delta_acc", "ci_low", "ci_high", "p_mcnemar", "delta_loss"),
+}
+
+
+def load_inputs(results: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The eval rows (with per-example lists) and the ablate rows (without), checked."""
+    frames = []
+    for stage, examples in (("eval", True), ("ablate", False)):
+        folder = Path(results) / stage
+        if not folder.is_dir() or not any(folder.glob("*.parquet")):
+            raise StudyError(f"no {stage} results in {folder}: run the '{PRODUCER[stage]}' stage first (dvc repro)")
+        df = load_results(stage, results, with_examples=examples)
+        missing = [c for c in REQUIRED[stage] if c not in df.columns]
+        if missing:
+            raise StudyError(f"{folder} lacks columns {', '.join(missing)}: rerun the '{PRODUCER[stage]}' stage")
+        frames.append(df)
+    ev, ab = frames
+    _unique(ev, ["model", "task", "split"], "eval")
+    _unique(ab, [*MAP_KEYS, "layer", "unit"], "ablate")
+    digests = ev.groupby("model")["digest"].agg(lambda d: sorted(set(d)))
+    for model, d in digests.items():
+        if len(d) > 1:
+            raise StudyError(f"eval results of model '{model}' come from {len(d)} checkpoints ({', '.join(d)}): "
+                             "remove the stale cells and rerun 'evaluate'")
+    for model, d in ab.groupby("model")["digest"].agg(lambda d: sorted(set(d))).items():
+        if model not in digests or d != digests[model]:
+            raise StudyError(f"ablate results of model '{model}' (checkpoint {', '.join(d)}) do not match its "
+                             "eval results: rerun 'evaluate' and 'ablate' on the same models")
+    return ev, ab
+
+
+def _unique(df: pd.DataFrame, keys: list[str], stage: str) -> None:
+    dup = df[df.duplicated(keys, keep=False)]
+    if len(dup):
+        first = ", ".join(f"{k}={dup.iloc[0][k]}" for k in keys)
+        raise StudyError(f"{stage} results hold {len(dup)} rows that share one key ({first}): stale cells from "
+                         f"an older run; rerun the '{PRODUCER[stage]}' stage")
