@@ -68,8 +68,8 @@ class Sizes:
 
 FULL = Sizes((), batch=8, steps=300, warmup=20, eval_docs=512, map_docs=64, context=(32, 128))
 QUICK = Sizes(
-    ("architecture.vocab_size=512", "architecture.hidden_size=64", "architecture.num_hidden_layers=2", "architecture.num_attention_heads=4",
-     "architecture.intermediate_size=256", "train.seq_len=64"),
+    ("architecture.vocab_size=512", "architecture.hidden_size=64", "architecture.num_hidden_layers=2",
+     "architecture.num_attention_heads=4", "architecture.intermediate_size=256", "train.seq_len=64"),
     batch=2, steps=6, warmup=2, eval_docs=12, map_docs=6, context=(4, 16),
 )
 

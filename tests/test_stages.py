@@ -80,7 +80,7 @@ def test_every_stage_composes_its_defaults_before_the_profile():
             continue
         assert "common" in names and names.index("_self_") < names.index("common"), (path.name, names)
     for path in (ROOT / "conf" / "profile").glob("*.yaml"):
-        assert "model" not in yaml.safe_load(path.read_text()), f"{path.name}: the architecture block is `architecture:`"
+        assert "model" not in yaml.safe_load(path.read_text()), f"{path.name}: the architecture block is architecture:"
 
 
 def test_missing_model_directory_names_the_choices(prepared, tmp_path):
