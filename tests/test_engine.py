@@ -110,13 +110,17 @@ def test_multi_token_documents_are_branched_like_the_loop(setup):
     limit = packing_limit(adapter.model)
     assert adapter.family == "gpt_neo" or all(_branchable(d, limit) for d in MULTI)
     mixed = (found[0], MULTI[0], found[1], MULTI[1], MULTI[2])
+    last = adapter.n_layers - 1
     specs = [UnitSpec("heads", 1, (2,)), UnitSpec("neurons", 0, tuple(range(8)), "scale", 0.5), UnitSpec("layers", 2),
-             UnitSpec("attn", adapter.n_layers - 1), UnitSpec("mlp", adapter.n_layers - 1, (), "scale", 2.0)]
-    result = fast_map(adapter, mixed, "heads", specs=specs, batch_size=BATCH)
-    assert [s for s, _ in result] == specs
+             UnitSpec("attn", last), UnitSpec("mlp", last, (), "scale", 2.0),
+             UnitSpec("neurons", last, tuple(range(8)), "scale", 0.5)]
+    # rebuild=False re-runs each ablated block under gates: in the last block the MLP sees only the reads,
+    # several per packed document, and each must take its own document's gate
+    results = [fast_map(adapter, mixed, "heads", specs=specs, batch_size=BATCH, rebuild=r) for r in (True, False)]
+    assert all([s for s, _ in result] == specs for result in results)
     moved = 0.0
     clean = [score_shared_context(adapter.model, d) for d in MULTI]
-    for spec, scores in result:
+    for spec, scores in [pair for result in results for pair in result]:
         with apply(adapter, [spec]):
             expected = score(adapter.model, mixed, BATCH)
             cached = [score_shared_context(adapter.model, d) for d in MULTI]  # an independent reference

@@ -50,6 +50,15 @@ def picked_positions(rows: Tensor, positions: Tensor) -> Iterator[None]:
         _PICKED.reset(token)
 
 
+def picked_rows(leading: tuple[int, ...]) -> Tensor | None:
+    """The batch row of each site row where a site sees the picked read positions alone (leading dims
+    (len(rows), 1)), so that a per-row gate can follow its row there; None elsewhere."""
+    picked = _PICKED.get()
+    if picked is not None and tuple(leading) == (len(picked[0]), 1):
+        return picked[0]
+    return None
+
+
 @dataclass(frozen=True)
 class Layout:
     """The rows of one forward pass: each position's end-aligned offset, each row's context length, and

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from transformers import PreTrainedModel
 
-from paramscope.ablation.alignment import AlignedActivations, Layout, layout_of_call
+from paramscope.ablation.alignment import AlignedActivations, Layout, layout_of_call, picked_rows
 from paramscope.ablation.resample import ResamplePool
 from paramscope.models.adapters import Adapter, get_adapter
 
@@ -263,8 +263,11 @@ def _check_width(adapter: Adapter, spec: UnitSpec, source: AlignedActivations, n
 
 def _gate_edit(gate: Tensor) -> Edit:
     def edit(a: Tensor) -> Tensor:
-        shape = (gate.shape[0],) + (1,) * (a.dim() - 3) + (gate.shape[1], 1)
-        return a * gate.reshape(shape).to(a.dtype)
+        rows = picked_rows(tuple(a.shape[:2]))
+        # at the read positions alone (the engine's last MLP) a document has as many rows as it has reads
+        g = gate[rows] if rows is not None and gate.shape[0] > 1 else gate
+        shape = (g.shape[0],) + (1,) * (a.dim() - 3) + (g.shape[1], 1)
+        return a * g.reshape(shape).to(a.dtype)
 
     return edit
 
