@@ -117,10 +117,10 @@ def test_pruning_stays_within_the_jobs_scope(tmp_path):
     assert any(n.startswith("heads-zero-0.5-") for n in left) and len(left) == 3
 
 
-def test_reading_a_cell_that_fails_its_schema_is_one_clear_error(tmp_path):
+def test_reading_a_cell_without_the_columns_a_reader_needs_is_one_clear_error(tmp_path):
     _cell(tmp_path, "whole")
     bad = cell_path("ablate", "bad", tmp_path)
     write_cell(pd.DataFrame({"other": [1]}), bad)
-    assert len(load_results("ablate", tmp_path)) == 2  # without a schema nothing is checked
-    with pytest.raises(StudyError, match=f"damaged result cell {bad} \\(missing columns model, acc, ex_correct\\)"):
-        load_results("ablate", tmp_path, schema=ROWS)
+    assert len(load_results("ablate", tmp_path)) == 2  # nothing required: nothing checked
+    with pytest.raises(StudyError, match=f"damaged result cell {bad} \\(missing columns model, acc\\); rerun"):
+        load_results("ablate", tmp_path, required=("model", "acc"))
