@@ -472,3 +472,35 @@ def test_ffn_is_the_neuron_blocks_under_another_name(grid):
     first = run_grid(make("group=neurons"), results)
     again = run_grid(make("group=ffn"), results)  # the same maps: found, not recomputed
     assert again["skipped"] == first["computed"] + first["skipped"] and again["computed"] == 0
+
+
+def test_a_damaged_cell_is_recomputed_and_the_results_equal_the_undamaged_ones(grid, caplog):
+    """One cell cut to 100 bytes, another a valid Parquet of other columns: reading the first is one clear
+    error, a rerun recomputes both (a warning names each, nothing else is recomputed), and the stage's
+    table, what the aggregate reads, equals the undamaged one."""
+    import logging
+
+    from paramscope.ablation.run import ROWS, run_grid
+    from paramscope.errors import StudyError
+    from paramscope.store import load_results, write_cell
+
+    make, results = grid
+    cfg = make("group=layers")
+    run_grid(cfg, results)
+
+    def table() -> pd.DataFrame:
+        df = load_results("ablate", results, with_examples=True, required=ROWS.columns)
+        df = df[df.group == "layers"].sort_values(["split", "layer", "unit"]).reset_index(drop=True)
+        return df.assign(**{c: df[c].map(tuple) for c in df.columns if c.startswith("ex_")})
+
+    before = table()
+    cut, other = sorted((results / "ablate").glob("layers-zero-0-*.parquet"))
+    cut.write_bytes(cut.read_bytes()[:100])
+    write_cell(pd.DataFrame({"model": ["scratch"], "other": [1.0]}), other)
+    with pytest.raises(StudyError, match=f"damaged result cell {cut} "):
+        load_results("ablate", results)
+    with caplog.at_level(logging.WARNING, logger="paramscope.store"):
+        counts = run_grid(cfg, results)
+    assert (counts["computed"], counts["skipped"]) == (2, 0)
+    assert f"damaged result cell {cut}" in caplog.text and f"damaged result cell {other}" in caplog.text
+    pd.testing.assert_frame_equal(table(), before)

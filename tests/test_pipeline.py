@@ -138,36 +138,41 @@ def test_grid_killed_midway_resumes_without_recomputing(study, tmp_path):
 
 
 def test_a_damaged_cell_is_recomputed_and_the_aggregate_is_unchanged(study, tmp_path):
-    """A result cell cut to 100 bytes: aggregate refuses it in one line, a rerun of its grid recomputes it
-    (with a warning naming it) and leaves the others untouched, and the aggregate equals the undamaged one."""
+    """One result cell cut to 100 bytes, another a valid Parquet of other columns: aggregate refuses them in
+    one line, a rerun of their grid recomputes both (with a warning naming each) and leaves the others
+    untouched, and every file the aggregate writes equals the undamaged run's, byte for byte."""
     results, reports = tmp_path / "results", tmp_path / "reports"
     shutil.copytree(study / "results", results)
     cells = results / "ablate"
-    damaged = next(p for p in sorted(cells.glob("*.parquet"))
-                   if (row := pd.read_parquet(p).iloc[0]).group == "layers" and row.op == "zero")
-    others = {p.name: p.stat().st_mtime_ns for p in cells.glob("*.parquet") if p != damaged}
-    damaged.write_bytes(damaged.read_bytes()[:100])
+    damaged = [p for p in sorted(cells.glob("*.parquet"))
+               if (row := pd.read_parquet(p).iloc[0]).group == "layers" and row.op == "zero"][:2]
+    others = {p.name: p.stat().st_mtime_ns for p in cells.glob("*.parquet") if p not in damaged}
+    cut, foreign = damaged
+    cut.write_bytes(cut.read_bytes()[:100])
+    pd.DataFrame({"model": ["scratch"], "other": [1.0]}).to_parquet(foreign, index=False)
     env = {**os.environ, "WANDB_MODE": "disabled"}
     where = [f"paths.results={results}", f"paths.reports={reports}"]
 
     refused = subprocess.run([sys.executable, "stages/aggregate.py", "profile=smoke", *where], cwd=study, env=env,
                              capture_output=True, text=True, timeout=600)
     assert refused.returncode != 0
-    assert f"damaged result cell {damaged}" in refused.stderr and "Traceback" not in refused.stderr
+    assert f"damaged result cell {cut}" in refused.stderr and "Traceback" not in refused.stderr
 
     rerun = subprocess.run([sys.executable, "stages/ablate.py", "-m", "profile=smoke", "group=layers", *where],
                            cwd=study, env=env, capture_output=True, text=True, timeout=1200)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"damaged result cell {damaged}" in rerun.stdout + rerun.stderr
-    pd.testing.assert_frame_equal(pd.read_parquet(damaged),
-                                  pd.read_parquet(study / "results" / "ablate" / damaged.name))
-    assert {p.name: p.stat().st_mtime_ns for p in cells.glob("*.parquet") if p != damaged} == others
+    for path in damaged:
+        assert f"damaged result cell {path}" in rerun.stdout + rerun.stderr
+        pd.testing.assert_frame_equal(pd.read_parquet(path), pd.read_parquet(study / "results" / "ablate" / path.name))
+    assert {p.name: p.stat().st_mtime_ns for p in cells.glob("*.parquet") if p not in damaged} == others
 
     again = subprocess.run([sys.executable, "stages/aggregate.py", "profile=smoke", *where], cwd=study, env=env,
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert (json.loads((reports / "metrics.json").read_text())
-            == json.loads((study / "reports" / "metrics.json").read_text()))
+    written = sorted(p.relative_to(reports) for p in reports.rglob("*") if p.is_file())
+    assert Path("metrics.json") in written and Path("macros.tex") in written
+    differ = [str(p) for p in written if (reports / p).read_bytes() != (study / "reports" / p).read_bytes()]
+    assert differ == [], f"aggregate outputs differ from the undamaged run: {differ}"
 
 
 def test_scorer_equals_lm_eval_on_every_study_model_and_task(study):

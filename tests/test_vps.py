@@ -338,14 +338,15 @@ def test_report_refuses_cells_of_two_checkpoints_or_two_settings():
 def test_a_whole_grid_run_prunes_the_cells_it_did_not_plan(tmp_path):
     from omegaconf import OmegaConf
 
-    from paramscope.vps.run import prune_unplanned, whole_grid
+    from paramscope.store import CellGrid
+    from paramscope.vps.run import ROWS, whole_grid
 
-    folder = tmp_path / "vps"
-    folder.mkdir()
-    kept, stale = folder / "a.parquet", folder / "b.parquet"
+    cells = CellGrid("vps", ROWS, tmp_path)
+    kept, stale = cells.plan(task="kv").path, tmp_path / "vps" / "b.parquet"
+    kept.parent.mkdir()
     kept.write_bytes(b"x")
     stale.write_bytes(b"x")
-    assert prune_unplanned(tmp_path, {kept}) == 1
+    assert cells.prune("*") == 1  # the whole grid's scope is every cell of the stage
     assert kept.exists() and not stale.exists()
     assert whole_grid(OmegaConf.create({"model": None, "task": None}))
     assert not whole_grid(OmegaConf.create({"model": "scratch", "task": None}))

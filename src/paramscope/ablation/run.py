@@ -20,13 +20,16 @@ from paramscope.evaluation.tasks import atlas_tasks, split_definition, task_docs
 from paramscope.models import zoo
 from paramscope.models.adapters import get_adapter
 from paramscope.selection import selected
-from paramscope.store import cell_done, cell_key, cell_path, write_cell
+from paramscope.store import CellGrid, RowSchema
 
 log = logging.getLogger(__name__)
 
-# Part of every cell's key: bump it when a map's rows change shape or meaning, so that cells made by
-# older code are recomputed instead of being mixed into new tables.
-ROW_SCHEMA = 5
+# The version is part of every cell's key: bump it when a map's rows change shape or meaning, so that
+# cells made by older code are recomputed instead of being mixed into new tables.
+ROWS = RowSchema(5, {"model": "str", "digest": "str", "task": "str", "split": "str", "cell": "str", "group": "str",
+                     "layer": "int", "unit": "int", "n_units": "int", "op": "str", "value": "float", "n": "int",
+                     "acc_clean": "float", "acc": "float", "delta_acc": "float", "ci_low": "float",
+                     "ci_high": "float", "p_mcnemar": "float", "delta_loss": "float", "ex_correct": "list"})
 # Part of the key of maps built on dev statistics: which statistic each op writes or matches
 # (`reference`), so that changing one recomputes that op's maps and nothing else.
 REFERENCE = {
@@ -111,8 +114,7 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
     prefix = f"{cfg.group}-{cfg.op}-{value:g}-"  # lets a job find its own cells among all others
     max_docs = atlas_max_docs(cfg)
     exact_units = cfg.ablate.get("exact_units")  # screened heads/neuron maps (atlas.screened_specs)
-    planned: set[Path] = set()
-    counts = {"computed": 0, "skipped": 0}
+    cells = CellGrid("ablate", ROWS, results)
     for name in models:  # every model must exist before any work starts
         zoo.resolve(name, Path(cfg.paths.models))
     for name in models:
@@ -141,13 +143,9 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
                 screened = exact_units is not None and cfg.op == "zero" and cfg.group in SCREENED_GROUPS
                 if screened:
                     spec.update(exact_units=exact_units, selected_on="dev")
-                key = prefix + cell_key(stage="ablate", schema=ROW_SCHEMA, digest=digest, task=task, split=split,
-                                        **split_definition(cfg), seed=cfg.seed,
-                                        n_resamples=cfg.ablate.n_resamples, **spec)
-                path = cell_path("ablate", key, results)
-                planned.add(path)
-                if cell_done(path):
-                    counts["skipped"] += 1
+                cell = cells.plan(prefix, digest=digest, task=task, split=split, **split_definition(cfg),
+                                  seed=cfg.seed, n_resamples=cfg.ablate.n_resamples, **spec)
+                if cells.done(cell):
                     continue
                 docs = capped(task_docs(cfg, task, split, tokenizer).docs, max_docs, cfg.seed)
                 clean = score(model, docs, cfg.eval.batch_size)
@@ -160,21 +158,11 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
                     df = ablation_map(adapter, docs, cfg.group, cfg.op, value, clean, cfg.ablate.n_resamples,
                                       cfg.seed, cfg.eval.batch_size, cfg.ablate.neuron_block, reference, bins,
                                       exact_units if screened else None, int(cfg.ablate.single_neuron_units))
-                meta = {"model": name, "digest": digest, "task": task, "split": split, "cell": key,
+                meta = {"model": name, "digest": digest, "task": task, "split": split, "cell": cell.name,
                         **split_definition(cfg)}
-                write_cell(pd.concat([pd.DataFrame([meta] * len(df)), df], axis=1), path)
-                counts["computed"] += 1
+                cells.write(cell, pd.concat([pd.DataFrame([meta] * len(df)), df], axis=1))
                 log.info("%s %s/%s %s: worst delta_acc %.3f", name, task, split, cfg.group, df.delta_acc.min())
-    if cfg.model is None and cfg.task is None:
-        counts["pruned"] = prune_stale(results, prefix, planned)
+    counts = dict(cells.counts)
+    if cfg.model is None and cfg.task is None:  # the full grid: this job's cells it no longer plans are stale
+        counts["pruned"] = cells.prune(f"{prefix}*")
     return counts
-
-
-def prune_stale(results: Path, prefix: str, planned: set[Path]) -> int:
-    """Drop this job's cells that the full grid no longer plans (e.g. made for a retrained model)."""
-    folder = results / "ablate"
-    stale = [p for p in folder.glob(f"{prefix}*.parquet") if p not in planned]
-    stale += list(folder.glob(".tmp-*.partial"))  # left by a job killed while writing
-    for p in stale:
-        p.unlink()
-    return len(stale)

@@ -13,13 +13,15 @@ from paramscope.evaluation.documents import Scores
 from paramscope.evaluation.scorer import score
 from paramscope.evaluation.tasks import split_definition, task_docs
 from paramscope.models import zoo
-from paramscope.store import cell_done, cell_key, cell_path, write_cell
+from paramscope.store import CellGrid, RowSchema
 
 log = logging.getLogger(__name__)
 
-# Part of every eval cell's key: bump it when rows change shape or meaning (2: `acc` and `ex_correct`
-# follow the task's metric; `metric`, `acc_plain` and `ex_correct_plain` added).
-ROW_SCHEMA = 2
+# The version is part of every eval cell's key: bump it when rows change shape or meaning (2: `acc` and
+# `ex_correct` follow the task's metric; `metric`, `acc_plain` and `ex_correct_plain` added).
+ROWS = RowSchema(2, {"model": "str", "digest": "str", "task": "str", "split": "str", "metric": "str", "n": "int",
+                     "acc": "float", "acc_plain": "float", "loss": "float", "ex_doc_ids": "list",
+                     "ex_correct": "list", "ex_correct_plain": "list"})
 
 
 def example_columns(scores: Scores) -> dict[str, list]:
@@ -37,22 +39,19 @@ def evaluate_model(cfg: DictConfig, name: str, results: Path) -> int:
     """Score one model on every task and split; finished cells are skipped. Returns cells written."""
     model, tokenizer = zoo.load(name, Path(cfg.paths.models), device=cfg.device)
     digest = zoo.digest(model)
-    written = 0
+    cells = CellGrid("eval", ROWS, results)
     for task in cfg.tasks:
         for split in cfg.splits:
-            key = cell_key(stage="eval", schema=ROW_SCHEMA, digest=digest, task=task, split=split,
-                           **split_definition(cfg))
-            path = cell_path("eval", key, results)
-            if cell_done(path):
+            cell = cells.plan(digest=digest, task=task, split=split, **split_definition(cfg))
+            if cells.done(cell):
                 continue
             docs = task_docs(cfg, task, split, tokenizer)
             scores = score(model, docs.docs, cfg.eval.batch_size)
             row = {"model": name, "digest": digest, "task": task, "split": split, "metric": scores.metric,
                    **scores.summary()}
-            write_cell(pd.DataFrame({**{k: [v] for k, v in row.items()}, **example_columns(scores)}), path)
+            cells.write(cell, pd.DataFrame({**{k: [v] for k, v in row.items()}, **example_columns(scores)}))
             log.info("%s %s/%s %s=%.3f", name, task, split, scores.metric, row["acc"])
-            written += 1
-    return written
+    return cells.counts["computed"]
 
 
 def evaluate_all(cfg: DictConfig, results: Path) -> int:

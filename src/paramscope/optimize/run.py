@@ -61,13 +61,16 @@ from paramscope.optimize.search import (
     select_on_dev,
 )
 from paramscope.selection import selected
-from paramscope.store import cell_done, cell_key, cell_path, load_results, write_cell
+from paramscope.store import Cell, CellGrid, RowSchema, load_results
 
 log = logging.getLogger(__name__)
 
 STAGE = "optimize"
-# Part of every cell's key: bump it when rows change shape or meaning.
-ROW_SCHEMA = 2
+# The version is part of every cell's key: bump it when rows change shape or meaning. The four kinds of
+# cell (search, control, transfer, compress) share these columns; the rest depends on `kind`.
+ROWS = RowSchema(2, {"model": "str", "digest": "str", "task": "str", "kind": "str", "cell": "str", "split": "str",
+                     "n": "int", "acc": "float", "acc_clean": "float", "delta_acc": "float", "ex_doc_ids": "list",
+                     "ex_correct": "list", "ex_clean_correct": "list"})
 SPLITS = ("dev", "test")
 
 
@@ -156,8 +159,7 @@ class ModelJob:
         self.digest = zoo.digest(model)
         self.units = search_units(self.adapter, plan.groups, plan.neuron_block)
         self._clean: dict[tuple[str, str], Scores] = {}
-        self.planned: set[Path] = set()
-        self.counts = {"computed": 0, "skipped": 0}
+        self.cells = CellGrid(STAGE, ROWS, results)
         self.summary: dict[str, float] = {}
 
     def docs(self, task: str, split: str) -> tuple[Doc, ...]:
@@ -173,26 +175,15 @@ class ModelJob:
         with applied(self.adapter, profile, self.digest):
             return score(self.adapter.model, self.docs(task, split), self.plan.settings.batch_size)
 
-    def _cell(self, kind: str, prefix: str, **spec: object) -> tuple[str, Path]:
-        key = prefix + cell_key(stage=STAGE, kind=kind, schema=ROW_SCHEMA, digest=self.digest, seed=self.plan.seed,
-                                **self.plan.split,
-                                n_resamples=self.plan.n_resamples, **spec)
-        path = cell_path(STAGE, key, self.results)
-        self.planned.add(path)
-        return key, path
+    def _cell(self, kind: str, prefix: str, **spec: object) -> Cell:
+        return self.cells.plan(prefix, kind=kind, digest=self.digest, seed=self.plan.seed, **self.plan.split,
+                               n_resamples=self.plan.n_resamples, **spec)
 
-    def _write(self, rows: list[dict], key: str, path: Path, kind: str, task: str) -> pd.DataFrame:
-        meta = {"model": self.name, "digest": self.digest, "task": task, "kind": kind, "cell": key}
+    def _write(self, rows: list[dict], cell: Cell, kind: str, task: str) -> pd.DataFrame:
+        meta = {"model": self.name, "digest": self.digest, "task": task, "kind": kind, "cell": cell.name}
         df = pd.DataFrame([{**meta, **row} for row in rows])
-        write_cell(df, path)
-        self.counts["computed"] += 1
+        self.cells.write(cell, df)
         return df
-
-    def _existing(self, path: Path) -> pd.DataFrame | None:
-        if cell_done(path):
-            self.counts["skipped"] += 1
-            return pd.read_parquet(path)
-        return None
 
     # ------------------------------------------------------------------ cells
 
@@ -200,9 +191,9 @@ class ModelJob:
         """Search every method on dev, choose one on dev, score that one on test; returns the selected profile."""
         plan = self.plan
         candidates = rank_candidates(self.atlas, self.digest, task, self.units)[: plan.k]
-        key, path = self._cell("search", f"search-{plan.tag}-", task=task, methods=plan.methods,
+        cell = self._cell("search", f"search-{plan.tag}-", task=task, methods=plan.methods,
                                candidates=[u.name for u in candidates], settings=repr(plan.settings))
-        df = self._existing(path)
+        df = self.cells.existing(cell)
         if df is None:
             dev = self.docs(task, "dev")
             found = [search_profile(self.adapter, dev, candidates, method, plan.settings, self.digest, task, self.name)
@@ -211,7 +202,7 @@ class ModelJob:
             # only the chosen method is scored on test: a test number per method would invite choosing there
             rows = [self._search_row(result, result is chosen, task, split) for result in found for split in SPLITS
                     if result is chosen or split == "dev"]
-            df = self._write(rows, key, path, "search", task)
+            df = self._write(rows, cell, "search", task)
         for row in df[df.selected].itertuples(index=False):  # headline numbers for the W&B run
             self.summary[f"{self.name}/{task}/{row.split}_delta_acc"] = float(row.delta_acc)
         [profile_json] = set(df[df.selected].profile)
@@ -232,9 +223,9 @@ class ModelJob:
 
     def control(self, task: str, profile: Profile) -> None:
         plan = self.plan
-        key, path = self._cell("control", f"control-{plan.tag}-", task=task, profile=profile.to_json(),
+        cell = self._cell("control", f"control-{plan.tag}-", task=task, profile=profile.to_json(),
                                n_controls=plan.n_controls, units=[u.name for u in self.units])
-        if self._existing(path) is not None:
+        if self.cells.done(cell):
             return
         controls = random_profiles(profile, self.units, plan.n_controls, plan.seed, plan.settings.scale_range)
         rows = [{"split": "test", "draw": i, "config": plan.tag, "k": plan.k, "budget": plan.settings.budget,
@@ -242,28 +233,28 @@ class ModelJob:
                  "strength": c.strength, "profile": json.dumps(c.to_json(), sort_keys=True),
                  **paired(self.clean(task, "test"), self.scored(c, task, "test"), plan)}
                 for i, c in enumerate(controls)]
-        self._write(rows, key, path, "control", task)
+        self._write(rows, cell, "control", task)
 
     def transfer(self, task: str, profile: Profile, targets: list[str]) -> None:
         plan = self.plan
-        key, path = self._cell("transfer", f"transfer-{plan.tag}-", task=task, profile=profile.to_json(),
+        cell = self._cell("transfer", f"transfer-{plan.tag}-", task=task, profile=profile.to_json(),
                                targets=targets)
-        if self._existing(path) is not None:
+        if self.cells.done(cell):
             return
         rows = [{"split": "test", "target_task": target, "config": plan.tag, "k": plan.k,
                  "budget": plan.settings.budget, "n_factors": profile.n_factors,
                  **paired(self.clean(target, "test"), self.scored(profile, target, "test"), plan)}
                 for target in targets]
-        self._write(rows, key, path, "transfer", task)
+        self._write(rows, cell, "transfer", task)
 
     def compress(self, task: str, group: str) -> None:
         plan = self.plan
         units = search_units(self.adapter, (group,), plan.neuron_block)
         dev = self.docs(task, "dev")
         importance = importance_order(self.atlas, self.digest, task, units)
-        key, path = self._cell("compress", f"compress-s{plan.seed}-", task=task, group=group, fractions=plan.fractions,
+        cell = self._cell("compress", f"compress-s{plan.seed}-", task=task, group=group, fractions=plan.fractions,
                                n_random_orders=plan.n_random_orders, importance=[u.name for u in importance])
-        if self._existing(path) is not None:
+        if self.cells.done(cell):
             return
         orders: list[tuple[str, int, list[Unit]]] = [
             ("importance", -1, importance),
@@ -284,7 +275,7 @@ class ModelJob:
                                  "fraction": fraction, "n_removed": len(removed), "n_units_total": len(units),
                                  "removed": json.dumps([u.name for u in removed]),
                                  **paired(self.clean(task, split), scored, plan)})
-        self._write(rows, key, path, "compress", task)
+        self._write(rows, cell, "compress", task)
 
 
 def run_grid(cfg: DictConfig, results: Path) -> dict[str, float]:
@@ -296,8 +287,7 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, float]:
         zoo.resolve(model, Path(cfg.paths.models))
     atlas = load_atlas(results, plan.split)
     summary: dict[str, float] = {}
-    planned: set[Path] = set()
-    counts = {"computed": 0, "skipped": 0}
+    cells = CellGrid(STAGE, ROWS, results)  # every model's cells, for pruning and counts
     for model in models:
         job = ModelJob(cfg, model, plan, results, atlas)
         for task in tasks:  # the atlas must cover every task before any search starts
@@ -310,22 +300,13 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, float]:
                 job.compress(task, group)
             summary[f"{model}/{task}/n_factors"] = profile.n_factors
             log.info("%s %s: profile with %d factors (%s)", model, task, profile.n_factors, plan.tag)
-        planned |= job.planned
+        cells.planned |= job.cells.planned
         summary.update(job.summary)
-        for k, v in job.counts.items():
-            counts[k] += v
-    if cfg.model is None and cfg.task is None:
-        counts["pruned"] = prune_stale(results, plan, planned)
+        for k, v in job.cells.counts.items():
+            cells.counts[k] += v
+    counts = dict(cells.counts)
+    if cfg.model is None and cfg.task is None:  # the full grid: this configuration's cells it no longer plans are stale
+        counts["pruned"] = cells.prune(*(f"{kind}-{plan.tag}-*" for kind in ("search", "control", "transfer")),
+                                       f"compress-s{plan.seed}-*")
     return {**counts, **summary}
-
-
-def prune_stale(results: Path, plan: Plan, planned: set[Path]) -> int:
-    """Drop this configuration's cells that the full grid no longer plans (e.g. made for a retrained model)."""
-    folder = results / STAGE
-    prefixes = [f"{kind}-{plan.tag}-" for kind in ("search", "control", "transfer")] + [f"compress-s{plan.seed}-"]
-    stale = [p for prefix in prefixes for p in folder.glob(f"{prefix}*.parquet") if p not in planned]
-    stale += list(folder.glob(".tmp-*.partial"))  # left by a job killed while writing
-    for p in stale:
-        p.unlink()
-    return len(stale)
 

@@ -37,7 +37,7 @@ from paramscope.evaluation.tasks import split_definition, task_docs
 from paramscope.models import zoo
 from paramscope.models.adapters import Adapter, get_adapter, weight_in_out
 from paramscope.selection import selected
-from paramscope.store import cell_done, cell_key, cell_path, write_cell
+from paramscope.store import CellGrid, RowSchema
 from paramscope.structure.anneal import (
     Annealing,
     Masks,
@@ -69,7 +69,9 @@ from paramscope.structure.weibull import fit_weibull
 
 log = logging.getLogger(__name__)
 
-ROW_SCHEMA = 4  # bump when rows change shape or meaning, so that older cells are recomputed
+# The version is part of every cell's key: bump it when rows change shape or meaning, so that older cells
+# are recomputed. The four kinds of cell share these columns; the rest depends on `kind` (and `row_type`).
+ROWS = RowSchema(4, {"model": "str", "digest": "str", "kind": "str", "cell": "str"})
 
 
 def check_request(cfg: DictConfig) -> list[str]:
@@ -294,51 +296,41 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, float]:
     tasks = selected(cfg, "task", cfg.tasks)
     s = cfg.structure
     nulls = sorted({s.null_models[m] for m in models})
-    counts = {"computed": 0, "skipped": 0}
     summary: dict[str, float] = {}
     job = f"fdr{float(cfg.fdr):g}-tol{float(cfg.tolerance):g}-"
     spec = {"fdr": float(cfg.fdr), "tolerance": float(cfg.tolerance), "thresholds": [float(t) for t in s.thresholds],
             "tasks": tasks, "seed": int(cfg.seed), "decompose_docs": int(s.decompose_docs), **split_definition(cfg)}
 
-    planned: set[Path] = set()
-
-    def cell(kind: str, **parts: object) -> Path:
-        """A cell's path; its name starts with its kind (and settings) so that a job can find its own."""
-        prefix = {"tests": f"fdr{spec['fdr']:g}-", "anneal": job, "components": job}.get(kind, "")
-        key = cell_key(stage="structure", schema=ROW_SCHEMA, kind=kind, **parts)
-        path = cell_path("structure", f"{kind}-{prefix}{key}", results)
-        planned.add(path)
-        return path
+    cells = CellGrid("structure", ROWS, results)
+    # A cell's name starts with its kind and the settings it depends on, so that a job can find its own.
+    prefixes = {"weibull": "weibull-", "tests": f"tests-fdr{spec['fdr']:g}-", "anneal": f"anneal-{job}",
+                "components": f"components-{job}"}
 
     for name in [*models, *[n for n in nulls if n not in models]]:  # Weibull of every model and of each null
         model, _ = zoo.load(name, Path(cfg.paths.models), device="cpu")
         step = "step0" if name in nulls else "trained"
-        path = cell("weibull", digest=zoo.digest(model), step=step)
-        if cell_done(path):
-            counts["skipped"] += 1
+        cell = cells.plan(prefixes["weibull"], kind="weibull", digest=zoo.digest(model), step=step)
+        if cells.done(cell):
             continue
         adapter = get_adapter(model)
         df = weibull_rows(model, adapter, matrix_roles(adapter), step)
-        write_cell(df.assign(model=name, digest=zoo.digest(model), kind="weibull", cell=path.stem), path)
-        counts["computed"] += 1
+        cells.write(cell, df.assign(model=name, digest=zoo.digest(model), kind="weibull", cell=cell.name))
         log.info("%s (%s): Weibull k median %.3f over %d matrices", name, step, df.k.median(), len(df))
 
     for name in models:
         study = ModelStudy(cfg, name, tasks)
         refs = {"digest": study.digest, "null": study.null_digest, "drift_reference": study.drift_reference_digest}
         jobs = {
-            "tests": (cell("tests", **refs, fdr=spec["fdr"]), study.test_rows),
-            "anneal": (cell("anneal", **refs, **spec), study.anneal_rows),
-            "components": (cell("components", **refs, **spec), study.component_rows),
+            "tests": (cells.plan(prefixes["tests"], kind="tests", **refs, fdr=spec["fdr"]), study.test_rows),
+            "anneal": (cells.plan(prefixes["anneal"], kind="anneal", **refs, **spec), study.anneal_rows),
+            "components": (cells.plan(prefixes["components"], kind="components", **refs, **spec), study.component_rows),
         }
-        for kind, (path, make) in jobs.items():
-            if cell_done(path):
-                counts["skipped"] += 1
+        for kind, (cell, make) in jobs.items():
+            if cells.done(cell):
                 continue
             df = make()
             settings = {"fdr": spec["fdr"]} if kind == "tests" else {"fdr": spec["fdr"], "tolerance": spec["tolerance"]}
-            write_cell(df.assign(**study.meta, **settings, kind=kind, cell=path.stem), path)
-            counts["computed"] += 1
+            cells.write(cell, df.assign(**study.meta, **settings, kind=kind, cell=cell.name))
             if kind == "tests":
                 m = df[df.row_type == "matrix"]
                 frac = {test: float(np.average(m[f"frac_indist{test}"], weights=m.n))
@@ -356,22 +348,10 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, float]:
                 gap = float(df.logits_max_abs_diff.max())
                 summary[f"{name}/substructures_max_abs_logit_diff"] = gap
                 log.info("%s: components run apart vs masked logits differ by at most %.3g", name, gap)
+    counts = dict(cells.counts)
     if cfg.get("task") is None and cfg.get("model") is None:
-        counts["pruned"] = prune_stale(results, job, planned)
+        # The full grid prunes within its settings: Weibull cells depend on a model only, tests cells on the
+        # FDR level, annealing and component cells on FDR and tolerance; another `-m tolerance=...` job's
+        # cells are left alone.
+        counts["pruned"] = cells.prune(*(f"{prefix}*" for prefix in prefixes.values()))
     return {**counts, **summary}
-
-
-def prune_stale(results: Path, job: str, planned: set[Path]) -> int:
-    """Drop cells of this job's settings that the full grid no longer plans (e.g. for a retrained model).
-
-    Weibull cells depend on a model only, tests cells on the FDR level, annealing and component cells on
-    FDR and tolerance; cells of other settings (another `-m tolerance=...` job) are left alone.
-    """
-    folder = results / "structure"
-    fdr = job.split("-")[0]
-    mine = [*folder.glob("weibull-*.parquet"), *folder.glob(f"tests-{fdr}-*.parquet"),
-            *folder.glob(f"anneal-{job}*.parquet"), *folder.glob(f"components-{job}*.parquet")]
-    stale = [p for p in mine if p not in planned] + list(folder.glob(".tmp-*.partial"))
-    for p in stale:
-        p.unlink()
-    return len(stale)

@@ -34,7 +34,7 @@ from paramscope.stats import (
     bootstrap_recovery_ci,
     paired_bootstrap_ci,
 )
-from paramscope.store import cell_done, cell_key, cell_path, write_cell
+from paramscope.store import Cell, CellGrid, RowSchema
 from paramscope.transplant.apply import export_transplant, transplanted
 from paramscope.transplant.modules import Module, module_registry
 from paramscope.transplant.select import (
@@ -48,8 +48,14 @@ from paramscope.transplant.vocabulary import compare_vocabularies
 
 log = logging.getLogger(__name__)
 
-# Part of every cell's key: bump it when rows change shape or meaning, so old cells are recomputed.
-ROW_SCHEMA = 1
+# The version is part of every cell's key: bump it when rows change shape or meaning, so old cells are
+# recomputed. Rows also carry the atlas's columns (group, layer, unit, n_units, op, value, unit_name) with
+# transplant meanings (unit = replicate, n_units = k, value = alpha); readers use the named ones below.
+ROWS = RowSchema(1, {"model": "str", "digest": "str", "task": "str", "split": "str", "cell": "str", "donor": "str",
+                     "pair": "str", "kind": "str", "method": "str", "ranking": "str", "replicate": "int", "k": "int",
+                     "n_modules": "int", "alpha": "float", "n": "int", "acc": "float", "acc_clean": "float",
+                     "delta_acc": "float", "ci_low": "float", "ci_high": "float", "tir": "float", "gbr": "float",
+                     "modules": "list", "ex_doc_ids": "list", "ex_correct": "list"})
 WORKLOAD = "dev contexts, mean |output| at the last token"  # what selection measures (in the key)
 
 
@@ -255,12 +261,12 @@ def transplant_row(state: PairTask, tp: Transplant, alpha: float, split: str) ->
     }
 
 
-def _write(state: PairTask, rows: list[Transplant], alpha: float, split: str, key: str, path: Path) -> None:
+def _write(state: PairTask, rows: list[Transplant], alpha: float, split: str, cells: CellGrid, cell: Cell) -> None:
     donor, target, _ = state.roles
     body = pd.DataFrame([transplant_row(state, tp, alpha, split) for tp in rows])
-    meta = {"model": target, "digest": state.digests[target], "task": state.task, "split": split, "cell": key,
+    meta = {"model": target, "digest": state.digests[target], "task": state.task, "split": split, "cell": cell.name,
             "donor": donor, "donor_digest": state.digests[donor], "pair": state.pair.label, "kind": state.pair.kind}
-    write_cell(pd.concat([pd.DataFrame([meta] * len(body)), body], axis=1), path)
+    cells.write(cell, pd.concat([pd.DataFrame([meta] * len(body)), body], axis=1))
     best = body.loc[body.method.isin(["selected", "all"])]
     if len(best):
         log.info("%s <- %s %s/%s K=%d alpha=%g: acc %.3f (target %.3f, donor %.3f)", target, donor, state.task,
@@ -314,10 +320,10 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
         (a, tok_a), (b, tok_b) = loaded[pair.models[0]], loaded[pair.models[1]]
         registries[pair] = module_registry(a, b, pair.models)
         _check_same_reading(cfg, pair, tok_a, tok_b, tasks, splits)
-    settings = {"stage": "transplant", "schema": ROW_SCHEMA, "seed": cfg.seed, "n_resamples": t.n_resamples,
-                "workload": WORKLOAD, "alpha": alpha, **split_definition(cfg)}
-    counts = {"computed": 0, "skipped": 0, "k_too_large": 0, "exported": 0}
-    planned: set[Path] = set()
+    settings = {"seed": cfg.seed, "n_resamples": t.n_resamples, "workload": WORKLOAD, "alpha": alpha,
+                **split_definition(cfg)}
+    grid = CellGrid("transplant", ROWS, results)
+    counts = {"k_too_large": 0, "exported": 0}
     prefixes: set[str] = set()
     for pair in pairs:
         modules = registries[pair]
@@ -341,27 +347,14 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
                     spec.update(rankings=list(t.rankings), n_seeds=int(t.n_seeds),
                                 selected=split in t.splits, controls=split in t.control_splits)
                 prefix = f"{kind}{size}-a{alpha:g}-"
-                key = prefix + cell_key(**spec)
-                path = cell_path("transplant", key, results)
-                planned.add(path)
+                cell = grid.plan(prefix, **spec)
                 prefixes.add(prefix)
-                if cell_done(path):
-                    counts["skipped"] += 1
+                if grid.done(cell):
                     continue
-                _write(state, rows if rows is not None else transplants(state, size, split), alpha, split, key, path)
-                counts["computed"] += 1
+                _write(state, rows if rows is not None else transplants(state, size, split), alpha, split, grid, cell)
             if cfg.export and k is not None:
                 counts["exported"] += _export(cfg, state, k, alpha)
-    if cfg.pair is None and cfg.task is None:
-        counts["pruned"] = prune_stale(results, prefixes, planned)
+    counts = {**grid.counts, **counts}
+    if cfg.pair is None and cfg.task is None:  # the full grid: cells of this job's kinds it no longer plans are stale
+        counts["pruned"] = grid.prune(*(f"{prefix}*" for prefix in sorted(prefixes)))
     return counts
-
-
-def prune_stale(results: Path, prefixes: set[str], planned: set[Path]) -> int:
-    """Drop cells of this job's kinds that the full grid no longer plans (e.g. made for a retrained model)."""
-    folder = results / "transplant"
-    stale = [p for prefix in prefixes for p in folder.glob(f"{prefix}*.parquet") if p not in planned]
-    stale += list(folder.glob(".tmp-*.partial"))  # left by a job killed while writing
-    for p in stale:
-        p.unlink()
-    return len(stale)

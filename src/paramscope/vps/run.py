@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 from omegaconf import DictConfig, ListConfig
 from tqdm import tqdm
 
@@ -29,7 +28,7 @@ from paramscope.evaluation.tasks import split_definition, task_docs
 from paramscope.models import zoo
 from paramscope.models.adapters import get_adapter
 from paramscope.selection import selected
-from paramscope.store import cell_done, cell_key, cell_path, write_cell
+from paramscope.store import CellGrid, RowSchema
 from paramscope.vps.overhead import measure
 from paramscope.vps.policy import MODES
 from paramscope.vps.selection import BUILDERS
@@ -38,7 +37,11 @@ from paramscope.vps.wrapper import LAYER_SETS, VPSConfig, projection_names, shar
 
 log = logging.getLogger(__name__)
 
-ROW_SCHEMA = 3  # bump when rows change shape or meaning; cells of other schemas are pruned
+# The version is part of every cell's key and a column of every row: bump it when rows change shape or
+# meaning; cells of other versions are pruned.
+ROWS = RowSchema(3, {"model": "str", "digest": "str", "task": "str", "split": "str", "condition": "str", "cell": "str",
+                     "schema": "int", "n": "int", "acc": "float", "loss": "float", "ex_doc_ids": "list",
+                     "ex_correct": "list"}, version_column="schema")
 SETTINGS = ("tau", "clamp", "ridge", "lo_ratio")  # fixed per job, recorded in every VPS row
 AXES = ("gamma", "rank", "builder", "layer_set", "policy")
 PHASES = ("all", "dev")  # dev: the grid only (e.g. for multirun jobs), no test scoring
@@ -89,7 +92,7 @@ def check_layer_sets(cfg: DictConfig, adapter) -> None:
 def rows(meta: dict, scores: Scores, **extra: object) -> pd.DataFrame:
     """One tidy row with the per-document lists that reports pair by document id."""
     summary = scores.summary()
-    return pd.DataFrame([{**meta, "schema": ROW_SCHEMA, **extra, "n": summary["n"], "acc": summary["acc"],
+    return pd.DataFrame([{**meta, "schema": ROWS.version, **extra, "n": summary["n"], "acc": summary["acc"],
                           "loss": summary["loss"],
                           "ex_doc_ids": scores.doc_ids.tolist(), "ex_correct": scores.correct.tolist(),
                           "ex_gold_ll": scores.gold_ll.tolist()}])
@@ -116,23 +119,17 @@ class Job:
         self.adapter = get_adapter(self.model)
         self.digest = zoo.digest(self.model)
         self.batch = int(cfg.eval.batch_size)
-        self.counts = {"computed": 0, "skipped": 0}
-        self.planned: set[Path] = set()
+        self.cells = CellGrid("vps", ROWS, results)
 
     def cell(self, task: str, split: str, condition: str, compute, **spec: object) -> pd.DataFrame:
-        key = cell_key(stage="vps", schema=ROW_SCHEMA, digest=self.digest, task=task, split=split, seed=self.cfg.seed,
-                       **split_definition(self.cfg),
-                       condition=condition, **spec)
-        path = cell_path("vps", key, self.results)
-        self.planned.add(path)
-        if cell_done(path):
-            self.counts["skipped"] += 1
-            return pd.read_parquet(path)
-        meta = {"model": self.name, "digest": self.digest, "task": task, "split": split, "condition": condition,
-                "cell": key}
-        df = compute(meta)
-        write_cell(df, path)
-        self.counts["computed"] += 1
+        cell = self.cells.plan(digest=self.digest, task=task, split=split, seed=self.cfg.seed,
+                               **split_definition(self.cfg), condition=condition, **spec)
+        df = self.cells.existing(cell)
+        if df is None:
+            meta = {"model": self.name, "digest": self.digest, "task": task, "split": split, "condition": condition,
+                    "cell": cell.name}
+            df = compute(meta)
+            self.cells.write(cell, df)
         return df
 
     def score(self, docs: Sequence[Doc], config: VPSConfig | None = None) -> Scores:
@@ -178,7 +175,8 @@ class Job:
                 result = verification_loop(self.model, self.tokenizer, list(docs), c, modulus, settings, self.batch)
                 gold = np.array([d.gold for d in docs])
                 correct = (result.prediction == gold).astype(np.int8)  # gold is read here, after the loop
-                return pd.DataFrame([{**meta, "schema": ROW_SCHEMA, **config_columns(c), **dataclasses.asdict(settings),
+                return pd.DataFrame([{**meta, "schema": ROWS.version, **config_columns(c),
+                                      **dataclasses.asdict(settings),
                                       "selected_cell": selected_cell, "n": len(docs), "acc": float(correct.mean()),
                                       "loss": np.nan, "verified": float(result.verified.mean()),
                                       "mean_rounds": float(result.rounds_used.mean()),
@@ -196,7 +194,10 @@ def run_vps(cfg: DictConfig, results: Path) -> dict[str, float]:
     configs = grid(cfg)
     for name in models:  # every model must exist before any work starts
         zoo.resolve(name, Path(cfg.paths.models))
-    summary: dict[str, float] = {"computed": 0, "skipped": 0, "grid_size": len(configs), "pruned": prune_stale(results)}
+    cells = CellGrid("vps", ROWS, results)  # every model's cells, for pruning and counts
+    # cells of another row schema go first, whatever the job: a report must never mix them in
+    summary: dict[str, float] = {"computed": 0, "skipped": 0, "grid_size": len(configs),
+                                 "pruned": cells.prune_invalid()}
     jobs = [Job(cfg, results, name) for name in models]
     summary["pruned"] += prune_other_weights(results, {job.name: job.digest for job in jobs})
     for job in jobs:
@@ -212,10 +213,11 @@ def run_vps(cfg: DictConfig, results: Path) -> dict[str, float]:
             log.info("%s %s: chose %s %s r=%d gamma=%g %s on dev (acc %.3f); test acc %.3f vs base %.3f; "
                      "latency x%.2f", name, task, row.builder, row.layer_set, row["rank"], row.gamma, row.policy,
                      row.dev_acc, row.acc, base.acc, row.latency_ratio)
-        for k, v in job.counts.items():
+        for k, v in job.cells.counts.items():
             summary[k] += v
-    if whole_grid(cfg) and cfg.phase != "dev":
-        summary["pruned"] += prune_unplanned(results, set().union(*(job.planned for job in jobs)))
+        cells.planned |= job.cells.planned
+    if whole_grid(cfg) and cfg.phase != "dev":  # it plans every cell there is: any other cell is stale
+        summary["pruned"] += cells.prune("*")
     return summary
 
 
@@ -231,14 +233,6 @@ def whole_grid(cfg: DictConfig) -> bool:
     return not multirun and cfg.get("model") is None and cfg.get("task") is None
 
 
-def prune_unplanned(results: Path, planned: set[Path]) -> int:
-    """Drop the cells that this whole-grid run did not plan (another split, setting or grid)."""
-    stale = [p for p in (results / "vps").glob("*.parquet") if p not in planned]
-    for path in stale:
-        path.unlink()
-    return len(stale)
-
-
 def prune_other_weights(results: Path, digests: dict[str, str]) -> int:
     """Drop the cells of these models made for other weights (a retrained model): the report pairs
     every cell with its model's base cells, so two checkpoints' cells must never mix."""
@@ -246,19 +240,6 @@ def prune_other_weights(results: Path, digests: dict[str, str]) -> int:
     for path in (results / "vps").glob("*.parquet"):
         row = pd.read_parquet(path, columns=["model", "digest"]).iloc[0]
         if row.model in digests and row.digest != digests[row.model]:
-            stale.append(path)
-    for path in stale:
-        path.unlink()
-    return len(stale)
-
-
-def prune_stale(results: Path) -> int:
-    """Drop cells written by code with another row schema, and temp files of killed writes."""
-    folder = results / "vps"
-    stale = list(folder.glob(".tmp-*.partial"))
-    for path in folder.glob("*.parquet"):
-        columns = pq.read_schema(path).names
-        if "schema" not in columns or pd.read_parquet(path, columns=["schema"]).schema.iloc[0] != ROW_SCHEMA:
             stale.append(path)
     for path in stale:
         path.unlink()

@@ -25,7 +25,7 @@ def load_inputs(results: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         folder = Path(results) / stage
         if not folder.is_dir() or not any(folder.glob("*.parquet")):
             raise StudyError(f"no {stage} results in {folder}: run the '{PRODUCER[stage]}' stage first (dvc repro)")
-        df = load_results(stage, results, with_examples=examples)
+        df = load_results(stage, results, with_examples=examples, required=REQUIRED[stage])  # checked per cell
         missing = [c for c in REQUIRED[stage] if c not in df.columns]
         if missing:
             raise StudyError(f"{folder} lacks columns {', '.join(missing)}: rerun the '{PRODUCER[stage]}' stage")
