@@ -118,8 +118,8 @@ def recorded(tmp_path_factory):
 
     The outputs are placeholders recorded with `dvc commit`, not computed: which stages DVC finds changed
     depends only on the deps and params in dvc.lock, and `dvc commit` records those as they are now, as a
-    finished run would (test_pipeline checks a real run's lock). The declarations name every profile file
-    whichever profile params.yaml names, so the default profile stands for all of them."""
+    finished run would (test_pipeline's second `dvc repro` checks a real run's lock). The declarations name
+    every profile file whichever profile params.yaml names, so the default profile stands for all of them."""
     repo = clean_checkout(tmp_path_factory.mktemp("params") / "repo")
     placeholder_outputs(repo)
     sh(f"git init -q && dvc commit -f -q && {GIT} add -A && {GIT} commit -qm recorded", repo)
