@@ -190,6 +190,27 @@ def test_scorer_equals_lm_eval_on_every_study_model_and_task(study):
             assert list(row.ex_correct) == [int(ref[i]["acc"]) for i in row.ex_doc_ids], (name, row.task)
 
 
+def test_an_experiment_on_a_grid_axis_runs_and_is_shown(study):
+    """`dvc exp run -S` on a grid axis of params.yaml, then `dvc exp show`. Experiments start from a commit, so
+    the reproduced study is committed first (its outputs are ignored by git, kept by DVC). alpha=1 is part of
+    the study's grid, so the transplant job finds its cells and the experiment computes nothing new."""
+    git = "git -c user.name=paramscope -c user.email=dev@paramscope"
+    sh(f"{git} add -A && {git} commit -qm study", study)
+    try:
+        out = sh("dvc exp run -n alpha-one -S transplant.alpha=1", study).stdout
+        shown = json.loads(sh("dvc exp show --json", study).stdout)
+    finally:
+        sh("git checkout -- params.yaml dvc.lock && dvc checkout -q", study)  # back to the committed study
+    assert "Running stage 'transplant'" in out
+    [baseline] = [row for row in shown if row["rev"] != "workspace"]
+    [experiment] = [e["revs"][0] for e in baseline["experiments"] if e["revs"][0]["name"] == "alpha-one"]
+    params = experiment["data"]["params"]
+    assert params["params.yaml"]["data"]["transplant"]["alpha"] == 1
+    assert baseline["data"]["params"]["params.yaml"]["data"]["transplant"]["alpha"] == "0.5,1"
+    assert params["conf/vps.yaml"]["data"]["rank"] == [2, 8]  # the conf keys stages declare are shown too
+    assert experiment["data"]["metrics"]["reports/metrics.json"]["data"]
+
+
 def test_paper_repro_offline_stops_at_the_first_hub_access_with_one_line(tmp_path):
     """`dvc repro` with profile=paper and no network: prepare (tokenizer and corpus) is the first hub access;
     it fails with one line of ours, DVC runs no later stage, and no output is left behind."""
