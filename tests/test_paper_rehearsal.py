@@ -52,7 +52,7 @@ def make_standins(folder: Path, tokenizer_dir: Path) -> dict:
         "task_data": standins.write_task_data(rows, folder / "tasks"),
         "baselines": baselines,
         # CPU sizes: a 2-layer scratch model trained for 5 optimizer steps, with periodic checkpoints
-        "model": {"vocab_size": 256, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "architecture": {"vocab_size": 256, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
                   "intermediate_size": 64, "max_position_embeddings": 64},
         "train": {"seq_len": 16, "batch_size": 4, "accumulate": 2, "tokens": 5 * 4 * 2 * 16, "warmup_steps": 1,
                   "precision": "32-true", "log_every_n_steps": 1, "checkpoints": {"every_n_steps": 2}},
