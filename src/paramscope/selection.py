@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from paramscope.errors import check_choice
+from paramscope.errors import StudyError, check_choice
 
 
 def selected(cfg: DictConfig, key: str, choices: list) -> list[str]:
@@ -12,5 +12,7 @@ def selected(cfg: DictConfig, key: str, choices: list) -> list[str]:
     value = cfg.get(key)
     if value is None:
         return list(choices)
+    if not isinstance(value, str):  # e.g. a profile block named like the selector (the architecture's is not)
+        raise StudyError(f"{key} takes one name, got {value}; valid: {', '.join(map(str, choices))}")
     check_choice(key, value, choices)
     return [value]
