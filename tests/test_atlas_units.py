@@ -489,7 +489,7 @@ def test_a_damaged_cell_is_recomputed_and_the_results_equal_the_undamaged_ones(g
     run_grid(cfg, results)
 
     def table() -> pd.DataFrame:
-        df = load_results("ablate", results, with_examples=True, required=ROWS.columns)
+        df = load_results("ablate", results, with_examples=True, schema=ROWS)
         df = df[df.group == "layers"].sort_values(["split", "layer", "unit"]).reset_index(drop=True)
         return df.assign(**{c: df[c].map(tuple) for c in df.columns if c.startswith("ex_")})
 

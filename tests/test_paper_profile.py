@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import make_cfg, standins
+from helpers import eval_rows, make_cfg, standins
 from omegaconf import OmegaConf, open_dict
 from transformers import AutoTokenizer, GPTNeoXForCausalLM
 
@@ -459,10 +459,10 @@ def _eval_cell(results: Path, model: str, task: str, split: str, doc_ids, correc
 
     from paramscope.store import cell_key, cell_path, write_cell
 
-    row = {"model": model, "digest": "d", "task": task, "split": split, "n": len(doc_ids),
-           "acc": float(np.mean(correct)), "acc_norm": float(np.mean(correct_norm)), "loss": float(-np.mean(gold_ll)),
-           "ex_doc_ids": [list(doc_ids)], "ex_correct": [list(correct)], "ex_correct_plain": [list(correct)],
-           "ex_correct_norm": [list(correct_norm)], "ex_gold_ll": [list(gold_ll)]}
+    row = eval_rows(model, task, split, doc_ids, correct, loss=float(-np.mean(gold_ll)),
+                    acc_norm=float(np.mean(correct_norm)), ex_correct_norm=[int(c) for c in correct_norm],
+                    ex_gold_ll=list(gold_ll))
+    row = {k: [v] for k, v in row.items()}
     write_cell(pd.DataFrame(row), cell_path("eval", cell_key(model=model, task=task, split=split), results))
 
 

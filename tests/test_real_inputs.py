@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import make_cfg
+from helpers import eval_rows, make_cfg
 from helpers import registry_standins as rs
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -224,7 +224,7 @@ def test_task_choice_keeps_the_tasks_above_chance_on_dev(real_cfg, registry_env,
         for split in ("dev", "test"):
             ids = task_docs(real_cfg, task, split, tok).doc_ids
             right = [1] * len(ids) if (task == "hyperbaton") == (split == "dev") else [0] * len(ids)
-            rows.append({"model": "smollm2-135m", "task": task, "split": split, "ex_doc_ids": ids, "ex_correct": right})
+            rows.append(eval_rows("smollm2-135m", task, split, ids, right))
     real_cfg.choice.fdr = 0.1  # 6 of 6 right at chance 1/2 is p = 1/64; 4 candidates make q = 4/64
     df = evidence(real_cfg, pd.DataFrame(rows), tok)
     assert df.set_index("task").kept.to_dict() == {t: t == "hyperbaton" for t in BB_TASKS}

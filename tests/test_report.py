@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import eval_rows
 
 from paramscope.errors import StudyError
 from paramscope.report import latex as tex
@@ -42,12 +43,8 @@ SETTINGS = Settings(n_resamples=1000, models=tuple(MODELS), tasks=tuple(TASKS), 
 
 def eval_row(model: str, task: str, split: str, ids: list, correct: list) -> pd.DataFrame:
     c = np.asarray(correct, dtype=int)
-    return pd.DataFrame({
-        "model": [model], "digest": [f"d-{model}"], "task": [task], "split": [split], "n": [len(c)],
-        "acc": [float(c.mean())], "acc_norm": [float(c.mean())], "loss": [1.0],
-        "ex_doc_ids": [list(ids)], "ex_correct": [c.tolist()], "ex_correct_norm": [c.tolist()],
-        "ex_gold_ll": [(-1.0 - c).astype(float).tolist()],
-    })
+    row = eval_rows(model, task, split, ids, c, ex_gold_ll=(-1.0 - c).astype(float).tolist())
+    return pd.DataFrame({k: [v] for k, v in row.items()})
 
 
 def ablate_row(model: str, task: str, split: str, group: str, layer: int, unit: int, p: float,

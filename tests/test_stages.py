@@ -44,7 +44,8 @@ def prepared(tmp_path_factory):
         ("ablate", ["op=bogus"], "unknown op 'bogus'; valid: zero, scale, mean, noise, resample"),
         ("ablate", ["model=bogus"], "unknown model 'bogus'; valid: scratch, gen2, tuned"),
         # a mapping where one name goes (as a profile's old `model:` architecture block once did)
-        ("ablate", ["model={hidden_size:8}"], "model takes one name, got {'hidden_size': 8}; valid: scratch, gen2, tuned"),
+        ("ablate", ["model={hidden_size:8}"],
+         "model takes one name, got {'hidden_size': 8}; valid: scratch, gen2, tuned"),
         ("ablate", ["task=bogus"], "unknown task 'bogus'; valid: induction, kv, facts, arith"),
         ("prepare", ["tasks=[induction,bogus]"], "unknown task 'bogus'; valid: induction, kv, facts, arith"),
         ("train", ["variants=[bogus]"], "unknown variant 'bogus'; valid: scratch, gen2, tuned"),

@@ -122,5 +122,21 @@ def test_reading_a_cell_without_the_columns_a_reader_needs_is_one_clear_error(tm
     bad = cell_path("ablate", "bad", tmp_path)
     write_cell(pd.DataFrame({"other": [1]}), bad)
     assert len(load_results("ablate", tmp_path)) == 2  # nothing required: nothing checked
+    wanted = RowSchema(1, {"model": "str", "acc": "float"})  # as the writer declares it
     with pytest.raises(StudyError, match=f"damaged result cell {bad} \\(missing columns model, acc\\); rerun"):
-        load_results("ablate", tmp_path, required=("model", "acc"))
+        load_results("ablate", tmp_path, schema=wanted)
+
+
+def test_every_reader_of_a_stage_checks_the_rows_its_writer_declares():
+    """Each `load_results` call in the library passes the writing stage's RowSchema, so a stale or foreign
+    cell stops a report with one line instead of a KeyError deep in a table."""
+    import ast
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src" / "paramscope"
+    calls = [(path.relative_to(src).as_posix(), node) for path in src.rglob("*.py") if path.name != "store.py"
+             for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "load_results"]
+    assert len(calls) >= 8  # the atlas (eval, ablate), five topics and the profile search
+    unchecked = [f"{name}:{node.lineno}" for name, node in calls if "schema" not in {k.arg for k in node.keywords}]
+    assert unchecked == []

@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,13 +120,10 @@ def _usable(path: Path, schema: RowSchema | None) -> pa.Table | None:
         return None
 
 
-def _read_cell(path: Path, stage: str, required: Collection[str]) -> pd.DataFrame:
+def _read_cell(path: Path, stage: str, schema: RowSchema | None) -> pd.DataFrame:
     try:
-        df = pd.read_parquet(path)
-        missing = [c for c in required if c not in df.columns]
-        if missing:
-            raise DamagedCell(f"missing columns {', '.join(missing)}")
-        return df
+        read_cell(path, schema)  # the grid's own check; pandas then reads it with its own column types
+        return pd.read_parquet(path)
     except (DamagedCell, pa.ArrowException, OSError) as err:
         raise StudyError(f"damaged result cell {path} ({str(err).splitlines()[0]}); rerun the stage that writes "
                          f"results/{stage} (dvc repro) to recompute it") from None
@@ -243,16 +240,17 @@ def _invalid(path: Path, schema: RowSchema) -> bool:
 
 
 def load_results(stage: str, root: Path | str | None = None, with_examples: bool = False,
-                 required: Collection[str] = ()) -> pd.DataFrame:
+                 schema: RowSchema | None = None) -> pd.DataFrame:
     """All rows of one stage's results as a DataFrame (per-example list columns dropped unless asked).
-    A cell that cannot be read, or lacks a ``required`` column, fails in one line naming it."""
+    A cell that cannot be read, or does not hold the rows ``schema`` (its writer's) declares, fails in one
+    line naming it."""
     if stage not in STAGES:
         raise ValueError(f"unknown results stage '{stage}'; valid: {', '.join(STAGES)}")
     folder = Path(root or RESULTS_ROOT) / stage
     files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
     if not files:
         raise FileNotFoundError(f"no results in {folder}; run the '{stage}' stage first (dvc repro)")
-    df = pd.concat([_read_cell(f, stage, required) for f in files], ignore_index=True)
+    df = pd.concat([_read_cell(f, stage, schema) for f in files], ignore_index=True)
     if not with_examples:
         df = df.drop(columns=[c for c in df.columns if c.startswith("ex_")])
     return df

@@ -43,3 +43,13 @@ def smoke_test_docs(data: Path, limit: int) -> tuple[tuple, int]:
     for task in TASKS:
         found += build_docs(lm_eval_name(task), tok, "test", seed=0, include_path=data / "tasks", limit=limit).docs
     return tuple(found), len(tok)
+
+
+def eval_rows(model: str, task: str, split: str, doc_ids, correct, **extra) -> dict:
+    """One evaluate-stage row with every column its RowSchema declares (readers check it), the outcomes
+    given per document; ``extra`` adds or replaces columns."""
+    correct = [int(c) for c in correct]
+    acc = sum(correct) / len(correct)
+    return {"model": model, "digest": f"d-{model}", "task": task, "split": split, "metric": "acc",
+            "n": len(correct), "acc": acc, "acc_plain": acc, "loss": 1.0, "ex_doc_ids": list(doc_ids),
+            "ex_correct": correct, "ex_correct_plain": correct, **extra}

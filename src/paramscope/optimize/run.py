@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from paramscope.ablation.atlas import paired_row
 from paramscope.ablation.interventions import apply
+from paramscope.ablation.run import ROWS as ABLATE_ROWS
 from paramscope.errors import StudyError, check_choice, number
 from paramscope.evaluation.documents import Doc, Scores
 from paramscope.evaluation.scorer import score
@@ -132,7 +133,7 @@ def load_atlas(results: Path, split: dict) -> pd.DataFrame:
     """The atlas rows made on the current dev/test split: rows of another split would let documents
     that are test documents now steer the candidate ranking."""
     try:
-        atlas = load_results("ablate", results)
+        atlas = load_results("ablate", results, schema=ABLATE_ROWS)
     except FileNotFoundError as e:
         raise StudyError(f"{e}; the profile search ranks its candidates by the atlas") from None
     same = np.ones(len(atlas), dtype=bool)

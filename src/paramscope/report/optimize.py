@@ -25,6 +25,7 @@ import seaborn as sns
 from omegaconf import DictConfig
 
 from paramscope.errors import StudyError
+from paramscope.optimize.run import ROWS as OPTIMIZE_ROWS
 from paramscope.report import latex as tex
 from paramscope.report.order import preferred_order, sort_rows
 from paramscope.report.output import write_csv, write_json, write_text
@@ -67,7 +68,7 @@ def _paired(row: pd.Series, s: Settings) -> dict:
 
 def load(results: Path) -> pd.DataFrame:
     try:
-        df = load_results("optimize", results, with_examples=True)
+        df = load_results("optimize", results, with_examples=True, schema=OPTIMIZE_ROWS)
     except FileNotFoundError as e:
         raise StudyError(f"{e}") from None
     missing = [k for k in KINDS if k not in set(df.kind)]

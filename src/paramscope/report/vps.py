@@ -21,6 +21,7 @@ from paramscope.report.style import new_figure, paper_style, save_pdf
 from paramscope.stats import benjamini_hochberg, mcnemar_exact, paired_bootstrap_ci
 from paramscope.store import load_results
 from paramscope.vps.policy import Policy
+from paramscope.vps.run import ROWS as VPS_ROWS
 
 AXES = ["gamma", "rank", "builder", "layer_set", "policy"]
 
@@ -305,7 +306,7 @@ def metrics(ch: pd.DataFrame, vt: pd.DataFrame, grid: pd.DataFrame, s: DictConfi
 
 def report(cfg: DictConfig, results: Path, out: Path) -> dict:
     s = cfg.report
-    df = load_results("vps", results, with_examples=True)
+    df = load_results("vps", results, with_examples=True, schema=VPS_ROWS)
     check_one_setting(df)
     grid = dev_grid(df)
     ch = chosen(df, s, int(cfg.seed))

@@ -6,16 +6,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from paramscope.ablation.run import ROWS as ABLATE_ROWS
 from paramscope.errors import StudyError
+from paramscope.evaluation.run import ROWS as EVAL_ROWS
 from paramscope.report.atlas.keys import MAP_KEYS
 from paramscope.store import load_results
 
 PRODUCER = {"eval": "evaluate", "ablate": "ablate"}
-REQUIRED = {
-    "eval": ("model", "digest", "task", "split", "n", "acc", "ex_doc_ids", "ex_correct"),
-    "ablate": ("model", "digest", "task", "split", "group", "layer", "unit", "n_units", "op", "value", "n",
-               "acc_clean", "acc", "delta_acc", "ci_low", "ci_high", "p_mcnemar", "delta_loss"),
-}
+SCHEMA = {"eval": EVAL_ROWS, "ablate": ABLATE_ROWS}  # what the writing stages declare, checked per cell
 
 
 def load_inputs(results: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -25,11 +23,7 @@ def load_inputs(results: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         folder = Path(results) / stage
         if not folder.is_dir() or not any(folder.glob("*.parquet")):
             raise StudyError(f"no {stage} results in {folder}: run the '{PRODUCER[stage]}' stage first (dvc repro)")
-        df = load_results(stage, results, with_examples=examples, required=REQUIRED[stage])  # checked per cell
-        missing = [c for c in REQUIRED[stage] if c not in df.columns]
-        if missing:
-            raise StudyError(f"{folder} lacks columns {', '.join(missing)}: rerun the '{PRODUCER[stage]}' stage")
-        frames.append(df)
+        frames.append(load_results(stage, results, with_examples=examples, schema=SCHEMA[stage]))
     ev, ab = frames
     _unique(ev, ["model", "task", "split"], "eval")
     _unique(ab, [*MAP_KEYS, "layer", "unit"], "ablate")
