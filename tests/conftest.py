@@ -3,10 +3,9 @@ once here: no hub, no dataset download, no W&B. Plain helpers live in `tests/hel
 
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Assigned, not defaulted: a user's WANDB_MODE=online or hub access must not leak into a test run. Stages
+# that tests start as subprocesses inherit these.
+os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false")
 
 import pytest
 import torch

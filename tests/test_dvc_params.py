@@ -2,7 +2,6 @@
 what follows them, nothing else, and `dvc params diff` names the key."""
 
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -18,8 +17,7 @@ STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
 def sh(cmd: str, cwd: Path) -> str:
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    proc = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, shell=True, cwd=cwd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 

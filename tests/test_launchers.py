@@ -71,7 +71,7 @@ LOCAL_LAUNCHERS = {
 
 
 def run_grid(data: Path, tmp: Path, launcher: str = "submitit_local") -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("RAY_ADDRESS", None)  # a local Ray instance, never a cluster the caller may point at
     return subprocess.run(
         [sys.executable, "stages/ablate.py", "-m", *LOCAL_LAUNCHERS[launcher], f"hydra.sweep.dir={tmp / 'sweep'}",

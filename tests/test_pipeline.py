@@ -19,8 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 def sh(cmd: str, cwd: Path, timeout: int = 1800) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, shell=True, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
@@ -105,8 +104,7 @@ def test_grid_killed_midway_resumes_without_recomputing(study, tmp_path):
     results = tmp_path / "results"
     cmd = [sys.executable, "stages/ablate.py", "-m", "profile=smoke", "group=heads,layers,neurons",
            f"paths.results={results}"]
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    proc = subprocess.Popen(cmd, cwd=study, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, cwd=study, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     cells = results / "ablate"
     deadline = time.time() + 600
@@ -119,7 +117,7 @@ def test_grid_killed_midway_resumes_without_recomputing(study, tmp_path):
     total = 3 * 4 * 2 * 3  # models x tasks x splits x groups
     assert 0 < len(finished) < total
 
-    rerun = subprocess.run(cmd, cwd=study, env=env, capture_output=True, text=True, timeout=1200)
+    rerun = subprocess.run(cmd, cwd=study, capture_output=True, text=True, timeout=1200)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     after = {p.name: p.stat().st_mtime_ns for p in cells.glob("*.parquet")}
     assert len(after) == total
@@ -150,23 +148,22 @@ def test_a_damaged_cell_is_recomputed_and_the_aggregate_is_unchanged(study, tmp_
     cut, foreign = damaged
     cut.write_bytes(cut.read_bytes()[:100])
     pd.DataFrame({"model": ["scratch"], "other": [1.0]}).to_parquet(foreign, index=False)
-    env = {**os.environ, "WANDB_MODE": "disabled"}
     where = [f"paths.results={results}", f"paths.reports={reports}"]
 
-    refused = subprocess.run([sys.executable, "stages/aggregate.py", "profile=smoke", *where], cwd=study, env=env,
+    refused = subprocess.run([sys.executable, "stages/aggregate.py", "profile=smoke", *where], cwd=study,
                              capture_output=True, text=True, timeout=600)
     assert refused.returncode != 0
     assert f"damaged result cell {cut}" in refused.stderr and "Traceback" not in refused.stderr
 
     rerun = subprocess.run([sys.executable, "stages/ablate.py", "-m", "profile=smoke", "group=layers", *where],
-                           cwd=study, env=env, capture_output=True, text=True, timeout=1200)
+                           cwd=study, capture_output=True, text=True, timeout=1200)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     for path in damaged:
         assert f"damaged result cell {path}" in rerun.stdout + rerun.stderr
         pd.testing.assert_frame_equal(pd.read_parquet(path), pd.read_parquet(study / "results" / "ablate" / path.name))
     assert {p.name: p.stat().st_mtime_ns for p in cells.glob("*.parquet") if p not in damaged} == others
 
-    again = subprocess.run([sys.executable, "stages/aggregate.py", "profile=smoke", *where], cwd=study, env=env,
+    again = subprocess.run([sys.executable, "stages/aggregate.py", "profile=smoke", *where], cwd=study,
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     written = sorted(p.relative_to(reports) for p in reports.rglob("*") if p.is_file())
@@ -219,8 +216,7 @@ def test_paper_repro_offline_stops_at_the_first_hub_access_with_one_line(tmp_pat
     params.write_text(params.read_text().replace("profile: tiny", "profile: paper"))
     sh("git init -q", repo)
     before = {p.relative_to(repo) for p in repo.rglob("*") if ".git" not in p.parts and ".dvc" not in p.parts}
-    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.run("dvc repro", shell=True, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run("dvc repro", shell=True, cwd=repo, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
     ours = [line for line in proc.stderr.splitlines() if line.startswith("paramscope: error:")]
     assert len(ours) == 1, proc.stderr[-3000:]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import subprocess
 import sys
@@ -391,10 +390,9 @@ def test_unknown_pair_model_names_the_valid_ones(results, tmp_path):
 
 
 def _stage(name: str, tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "disabled"}
     cmd = [sys.executable, str(ROOT / "stages" / f"{name}.py"), f"hydra.run.dir={tmp_path / 'hydra'}",
            "hydra/job_logging=none", "hydra/hydra_logging=none", *overrides]
-    return subprocess.run(cmd, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, check=False, cwd=tmp_path, capture_output=True, text=True, timeout=300)
 
 
 def test_stages_run_end_to_end_and_fail_in_one_line(results, tmp_path):

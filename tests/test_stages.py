@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_stage(stage: str, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
+    full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, f"stages/{stage}.py", *overrides],
         cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=300,
