@@ -27,7 +27,7 @@ from paramscope.structure.null_test import (
     matrix_table,
     value_null,
 )
-from paramscope.structure.run import check_request, projection_weights
+from paramscope.structure.run import Plan, projection_weights
 from paramscope.structure.units import KINDS, MatrixRole, matrix_roles, n_units
 from paramscope.structure.weibull import (
     GAUSSIAN_K,
@@ -425,7 +425,7 @@ def test_matrix_blocks_are_the_block_diagonal_form():
 def test_bad_requests_are_refused_before_any_work(overrides, message):
     cfg = make_cfg("structure", overrides)
     with pytest.raises(StudyError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        check_request(cfg)
+        Plan.from_cfg(cfg)
 
 
 # --------------------------------------------------------------------------- the stage's grid and report
