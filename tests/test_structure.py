@@ -458,6 +458,26 @@ def study(smoke_suite, tmp_path_factory):
     return cfg, tmp
 
 
+def test_the_plan_reads_the_config_once_into_plain_values(study):
+    """Cell keys hash the plan's values: an OmegaConf container or a float where an int was would change them."""
+    import dataclasses
+
+    from omegaconf import Container
+
+    cfg, tmp = study
+    plan = Plan.from_cfg(cfg)
+    assert plan.models == ("scratch",) and plan.tasks == tuple(cfg.tasks) and not plan.full_grid
+    assert plan.thresholds == (0.5, 0.1, 0.01) and plan.decompose_docs == 2 and isinstance(plan.seed, int)
+    assert plan.null_models == {"scratch": "scratch-step0"} and plan.drift_references == {"scratch": "scratch-noise"}
+    assert plan.nulls == ["scratch-step0"] and plan.models_root == tmp / "models"
+    values = [getattr(plan, f.name) for f in dataclasses.fields(plan)]
+    assert not any(isinstance(v, Container) for v in [*values, *plan.spec.values()])
+    assert Plan.from_cfg(make_cfg("structure", ["profile=smoke", f"paths.models={tmp / 'models'}",
+                                                "structure.models=[scratch]"])).full_grid
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.fdr = 0.5
+
+
 def test_the_grid_writes_every_cell_once_and_the_report_reads_them(study, tmp_path):
     from paramscope.report.structure import report
     from paramscope.store import load_results
