@@ -27,7 +27,7 @@ from paramscope.structure.null_test import (
     matrix_table,
     value_null,
 )
-from paramscope.structure.run import check_request, projection_weights
+from paramscope.structure.run import Plan, projection_weights
 from paramscope.structure.units import KINDS, MatrixRole, matrix_roles, n_units
 from paramscope.structure.weibull import (
     GAUSSIAN_K,
@@ -425,7 +425,7 @@ def test_matrix_blocks_are_the_block_diagonal_form():
 def test_bad_requests_are_refused_before_any_work(overrides, message):
     cfg = make_cfg("structure", overrides)
     with pytest.raises(StudyError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        check_request(cfg)
+        Plan.from_cfg(cfg)
 
 
 # --------------------------------------------------------------------------- the stage's grid and report
@@ -456,6 +456,26 @@ def study(smoke_suite, tmp_path_factory):
                                  f"paths.tokenizer={data / 'tokenizer'}", f"paths.models={tmp / 'models'}",
                                  "model=scratch", "structure.thresholds=[0.5,0.1,0.01]", "structure.decompose_docs=2"])
     return cfg, tmp
+
+
+def test_the_plan_reads_the_config_once_into_plain_values(study):
+    """Cell keys hash the plan's values: an OmegaConf container or a float where an int was would change them."""
+    import dataclasses
+
+    from omegaconf import Container
+
+    cfg, tmp = study
+    plan = Plan.from_cfg(cfg)
+    assert plan.models == ("scratch",) and plan.tasks == tuple(cfg.tasks) and not plan.full_grid
+    assert plan.thresholds == (0.5, 0.1, 0.01) and plan.decompose_docs == 2 and isinstance(plan.seed, int)
+    assert plan.null_models == {"scratch": "scratch-step0"} and plan.drift_references == {"scratch": "scratch-noise"}
+    assert plan.nulls == ["scratch-step0"] and plan.models_root == tmp / "models"
+    values = [getattr(plan, f.name) for f in dataclasses.fields(plan)]
+    assert not any(isinstance(v, Container) for v in [*values, *plan.spec.values()])
+    assert Plan.from_cfg(make_cfg("structure", ["profile=smoke", f"paths.models={tmp / 'models'}",
+                                                "structure.models=[scratch]"])).full_grid
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.fdr = 0.5
 
 
 def test_the_grid_writes_every_cell_once_and_the_report_reads_them(study, tmp_path):

@@ -20,7 +20,8 @@ chosen there.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from omegaconf import DictConfig
 from scipy import stats
 
 from paramscope.errors import StudyError, number
-from paramscope.evaluation.documents import Scores
+from paramscope.evaluation.documents import Doc, Scores
 from paramscope.evaluation.scorer import score
 from paramscope.evaluation.tasks import split_definition, task_docs
 from paramscope.models import zoo
@@ -74,31 +75,78 @@ log = logging.getLogger(__name__)
 ROWS = RowSchema(4, {"model": "str", "digest": "str", "kind": "str", "cell": "str"})
 
 
-def check_request(cfg: DictConfig) -> list[str]:
-    """The models to study; every bad setting is reported before any work starts."""
-    s = cfg.structure
-    models = selected(cfg, "model", cfg.structure.models)
-    selected(cfg, "task", cfg.tasks)
-    if not 0.0 < number("fdr", cfg.fdr, example="0.05") < 1.0:
-        raise StudyError(f"fdr must lie in (0, 1), got {cfg.fdr}; e.g. fdr=0.05")
-    if number("tolerance", cfg.tolerance, example="0.1") < 0.0:
-        raise StudyError(f"tolerance must be >= 0 (nats of task-averaged dev loss), got {cfg.tolerance}")
-    thresholds = [float(t) for t in s.thresholds]
-    if not thresholds or any(not 0.0 <= t < 1.0 for t in thresholds) or any(b >= a for a, b in pairwise(thresholds)):
-        raise StudyError(f"structure.thresholds must be p-values in [0, 1) that decrease strictly, got {thresholds}")
-    missing = [m for m in models if m not in s.null_models]
-    if missing:
-        raise StudyError(f"no step-0 null model for {', '.join(missing)}; set structure.null_models.<model>; "
-                         f"valid models with a null: {', '.join(s.null_models)}")
-    missing = [m for m in models if m not in s.drift_references]
-    if missing:
-        raise StudyError(f"no drift reference for {', '.join(missing)}; set structure.drift_references.<model> to "
-                         f"its noise twin, or to null for the value test alone; models with an entry: "
-                         f"{', '.join(s.drift_references)}")
-    references = [s.drift_references[m] for m in models if s.drift_references[m] is not None]
-    for name in {*models, *(s.null_models[m] for m in models), *references}:
-        zoo.resolve(name, Path(cfg.paths.models))
-    return models
+SPLITS = ("dev", "test")
+# A model's documents of one task and split, as its tokenizer encodes them: the data layer finds them through
+# the config (paths, dev fraction, metric), so the study only asks for them.
+Documents = Callable[[str, str, object], list[Doc]]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything from the config that decides the structure grid's numbers, checked before any work."""
+
+    models: tuple[str, ...]  # after `model=NAME`
+    tasks: tuple[str, ...]  # after `task=NAME`
+    fdr: float
+    tolerance: float
+    thresholds: tuple[float, ...]
+    null_models: dict[str, str]  # model -> its step-0 checkpoint
+    drift_references: dict[str, str | None]  # model -> its noise twin (None: the value test alone)
+    batch_size: int
+    decompose_docs: int
+    seed: int
+    models_root: Path
+    device: str
+    full_grid: bool  # no `model=`/`task=` narrowing: the job may prune its scope
+    split: dict = field(default_factory=dict)  # which documents are dev and test (`split_definition`)
+
+    @classmethod
+    def from_cfg(cls, cfg: DictConfig) -> Plan:
+        s = cfg.structure
+        models = selected(cfg, "model", s.models)
+        tasks = selected(cfg, "task", cfg.tasks)
+        fdr = number("fdr", cfg.fdr, example="0.05")
+        if not 0.0 < fdr < 1.0:
+            raise StudyError(f"fdr must lie in (0, 1), got {cfg.fdr}; e.g. fdr=0.05")
+        tolerance = number("tolerance", cfg.tolerance, example="0.1")
+        if tolerance < 0.0:
+            raise StudyError(f"tolerance must be >= 0 (nats of task-averaged dev loss), got {cfg.tolerance}")
+        thresholds = [float(t) for t in s.thresholds]
+        if (not thresholds or any(not 0.0 <= t < 1.0 for t in thresholds)
+                or any(b >= a for a, b in pairwise(thresholds))):
+            raise StudyError(f"structure.thresholds must be p-values in [0, 1) that decrease strictly, "
+                             f"got {thresholds}")
+        missing = [m for m in models if m not in s.null_models]
+        if missing:
+            raise StudyError(f"no step-0 null model for {', '.join(missing)}; set structure.null_models.<model>; "
+                             f"valid models with a null: {', '.join(s.null_models)}")
+        missing = [m for m in models if m not in s.drift_references]
+        if missing:
+            raise StudyError(f"no drift reference for {', '.join(missing)}; set structure.drift_references.<model> "
+                             f"to its noise twin, or to null for the value test alone; models with an entry: "
+                             f"{', '.join(s.drift_references)}")
+        nulls = {m: str(s.null_models[m]) for m in models}
+        references = {m: None if s.drift_references[m] is None else str(s.drift_references[m]) for m in models}
+        root = Path(cfg.paths.models)
+        for name in {*models, *nulls.values(), *(r for r in references.values() if r is not None)}:
+            zoo.resolve(name, root)
+        return cls(models=tuple(models), tasks=tuple(tasks), fdr=fdr, tolerance=tolerance,
+                   thresholds=tuple(thresholds), null_models=nulls, drift_references=references,
+                   batch_size=int(s.batch_size), decompose_docs=int(s.decompose_docs), seed=int(cfg.seed),
+                   models_root=root, device=str(cfg.device),
+                   full_grid=cfg.get("task") is None and cfg.get("model") is None, split=split_definition(cfg))
+
+    @property
+    def nulls(self) -> list[str]:
+        """The step-0 checkpoints of the plan's models, each once."""
+        return sorted(set(self.null_models.values()))
+
+    @property
+    def spec(self) -> dict[str, object]:
+        """The settings an annealing or component cell depends on, as its key carries them (lists, not tuples,
+        as they always were; the key's JSON writes both alike)."""
+        return {"fdr": self.fdr, "tolerance": self.tolerance, "thresholds": list(self.thresholds),
+                "tasks": list(self.tasks), "seed": self.seed, "decompose_docs": self.decompose_docs, **self.split}
 
 
 def projection_weights(adapter: Adapter) -> dict[str, np.ndarray]:
@@ -139,12 +187,12 @@ def _jaccard(a: Masks, b: Masks) -> float:
 class ModelStudy:
     """Everything the cells of one model need, computed once: weights, roles, tests, evaluators."""
 
-    def __init__(self, cfg: DictConfig, name: str, tasks: list[str]) -> None:
-        self.cfg, self.name = cfg, name
-        self.null_name = cfg.structure.null_models[name]
-        self.drift_reference = cfg.structure.drift_references[name]
-        root = Path(cfg.paths.models)
-        self.model, tokenizer = zoo.load(name, root, device=cfg.device)
+    def __init__(self, plan: Plan, name: str, documents: Documents) -> None:
+        self.plan, self.name = plan, name
+        self.null_name = plan.null_models[name]
+        self.drift_reference = plan.drift_references[name]
+        root = plan.models_root
+        self.model, tokenizer = zoo.load(name, root, device=plan.device)
         null_model, _ = zoo.load(self.null_name, root, device="cpu")
         self.adapter = get_adapter(self.model)
         self.roles = matrix_roles(self.adapter)
@@ -162,8 +210,7 @@ class ModelStudy:
         self.checkpoints = Weights(self.weights, self.init, noise_twin)
         self.units = {(layer, kind): n_units(self.adapter, layer, kind)
                       for layer in range(self.adapter.n_layers) for kind in KINDS}
-        self.docs = {split: {t: task_docs(cfg, t, split, tokenizer).docs for t in tasks} for split in ("dev", "test")}
-        self.fdr = float(cfg.fdr)
+        self.docs = {split: {t: documents(t, split, tokenizer) for t in plan.tasks} for split in SPLITS}
         self._tests: EntryTests | None = None
         self._annealing: Annealing | None = None
 
@@ -176,7 +223,7 @@ class ModelStudy:
     @property
     def tests(self) -> EntryTests:
         if self._tests is None:
-            self._tests = entry_tests(self.checkpoints, self.fdr)
+            self._tests = entry_tests(self.checkpoints, self.plan.fdr)
         return self._tests
 
     @property
@@ -185,8 +232,7 @@ class ModelStudy:
 
     def evaluate(self, split: str):
         def run() -> dict[str, Scores]:
-            return {t: score(self.model, docs, int(self.cfg.structure.batch_size))
-                    for t, docs in self.docs[split].items()}
+            return {t: score(self.model, docs, self.plan.batch_size) for t, docs in self.docs[split].items()}
         return run
 
     def test_rows(self) -> pd.DataFrame:
@@ -204,9 +250,8 @@ class ModelStudy:
     def annealing(self) -> Annealing:
         if self._annealing is None:
             combined = {n: self.tests.combined(n) for n in self.weights}
-            thresholds = [float(t) for t in self.cfg.structure.thresholds]
-            self._annealing = anneal(self.adapter, combined, self.weights, thresholds, self.evaluate("dev"),
-                                     float(self.cfg.tolerance))
+            self._annealing = anneal(self.adapter, combined, self.weights, list(self.plan.thresholds),
+                                     self.evaluate("dev"), self.plan.tolerance)
         return self._annealing
 
     def states(self) -> dict[str, Masks]:
@@ -238,7 +283,7 @@ class ModelStudy:
         for method, masks in states.items():
             count = n_removed(masks) if masks else 0
             overlap = _jaccard(masks, states[twins[method]]) if method in twins else np.nan
-            for split in ("dev", "test"):
+            for split in SPLITS:
                 with masked(self.adapter, masks):
                     scores = self.evaluate(split)()
                 rows += _score_rows(scores, row_type="state", method=method, split=split, step=-1, threshold=np.nan,
@@ -287,27 +332,33 @@ class ModelStudy:
         """The first dev contexts of every task (1 x T ids each): where components run apart are compared."""
         device = next(self.model.parameters()).device
         return [torch.tensor([doc.context], device=device) for docs in self.docs["dev"].values()
-                for doc in docs[: int(self.cfg.structure.decompose_docs)]]
+                for doc in docs[: self.plan.decompose_docs]]
 
 
 def run_grid(cfg: DictConfig, results: Path) -> dict[str, float]:
     """Compute every missing cell of the selected models; existing cells are skipped."""
-    models = check_request(cfg)
-    tasks = selected(cfg, "task", cfg.tasks)
-    s = cfg.structure
-    nulls = sorted({s.null_models[m] for m in models})
+    plan = Plan.from_cfg(cfg)
+
+    def documents(task: str, split: str, tokenizer: object) -> list[Doc]:
+        return task_docs(cfg, task, split, tokenizer).docs
+
+    return run_plan(plan, results, documents)
+
+
+def run_plan(plan: Plan, results: Path, documents: Documents) -> dict[str, float]:
+    """The grid of a checked plan; ``documents`` is the data layer's (it alone reads the config)."""
     summary: dict[str, float] = {}
-    job = f"fdr{float(cfg.fdr):g}-tol{float(cfg.tolerance):g}-"
-    spec = {"fdr": float(cfg.fdr), "tolerance": float(cfg.tolerance), "thresholds": [float(t) for t in s.thresholds],
-            "tasks": tasks, "seed": int(cfg.seed), "decompose_docs": int(s.decompose_docs), **split_definition(cfg)}
+    job = f"fdr{plan.fdr:g}-tol{plan.tolerance:g}-"
+    spec = plan.spec
 
     cells = CellGrid("structure", ROWS, results)
     # A cell's name starts with its kind and the settings it depends on, so that a job can find its own.
-    prefixes = {"weibull": "weibull-", "tests": f"tests-fdr{spec['fdr']:g}-", "anneal": f"anneal-{job}",
+    prefixes = {"weibull": "weibull-", "tests": f"tests-fdr{plan.fdr:g}-", "anneal": f"anneal-{job}",
                 "components": f"components-{job}"}
 
-    for name in [*models, *[n for n in nulls if n not in models]]:  # Weibull of every model and of each null
-        model, _ = zoo.load(name, Path(cfg.paths.models), device="cpu")
+    nulls = plan.nulls
+    for name in [*plan.models, *[n for n in nulls if n not in plan.models]]:  # Weibull of every model and null
+        model, _ = zoo.load(name, plan.models_root, device="cpu")
         step = "step0" if name in nulls else "trained"
         cell = cells.plan(prefixes["weibull"], kind="weibull", digest=zoo.digest(model), step=step)
         if cells.done(cell):
@@ -317,11 +368,11 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, float]:
         cells.write(cell, df.assign(model=name, digest=zoo.digest(model), kind="weibull", cell=cell.name))
         log.info("%s (%s): Weibull k median %.3f over %d matrices", name, step, df.k.median(), len(df))
 
-    for name in models:
-        study = ModelStudy(cfg, name, tasks)
+    for name in plan.models:
+        study = ModelStudy(plan, name, documents)
         refs = {"digest": study.digest, "null": study.null_digest, "drift_reference": study.drift_reference_digest}
         jobs = {
-            "tests": (cells.plan(prefixes["tests"], kind="tests", **refs, fdr=spec["fdr"]), study.test_rows),
+            "tests": (cells.plan(prefixes["tests"], kind="tests", **refs, fdr=plan.fdr), study.test_rows),
             "anneal": (cells.plan(prefixes["anneal"], kind="anneal", **refs, **spec), study.anneal_rows),
             "components": (cells.plan(prefixes["components"], kind="components", **refs, **spec), study.component_rows),
         }
@@ -329,7 +380,7 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, float]:
             if cells.done(cell):
                 continue
             df = make()
-            settings = {"fdr": spec["fdr"]} if kind == "tests" else {"fdr": spec["fdr"], "tolerance": spec["tolerance"]}
+            settings = {"fdr": plan.fdr} if kind == "tests" else {"fdr": plan.fdr, "tolerance": plan.tolerance}
             cells.write(cell, df.assign(**study.meta, **settings, kind=kind, cell=cell.name))
             if kind == "tests":
                 m = df[df.row_type == "matrix"]
@@ -342,14 +393,14 @@ def run_grid(cfg: DictConfig, results: Path) -> dict[str, float]:
             elif kind == "anneal":
                 chosen = study.annealing.accepted("anneal")
                 summary[f"{name}/anneal_sparsity"] = chosen.sparsity if chosen else 0.0
-                log.info("%s: annealing keeps dev loss within %g up to sparsity %.3f", name, cfg.tolerance,
+                log.info("%s: annealing keeps dev loss within %g up to sparsity %.3f", name, plan.tolerance,
                          chosen.sparsity if chosen else 0.0)
             else:
                 gap = float(df.logits_max_abs_diff.max())
                 summary[f"{name}/substructures_max_abs_logit_diff"] = gap
                 log.info("%s: components run apart vs masked logits differ by at most %.3g", name, gap)
     counts = dict(cells.counts)
-    if cfg.get("task") is None and cfg.get("model") is None:
+    if plan.full_grid:
         # The full grid prunes within its settings: Weibull cells depend on a model only, tests cells on the
         # FDR level, annealing and component cells on FDR and tolerance; another `-m tolerance=...` job's
         # cells are left alone.
