@@ -420,14 +420,14 @@ def test_grid_writes_rows_in_the_atlas_schema(grid, group, op, value, n_rows):
 
 
 def test_grid_refuses_ops_that_do_not_apply(grid):
-    from paramscope.ablation.run import check_request
+    from paramscope.ablation.run import Plan
     from paramscope.errors import StudyError
 
     make, _ = grid
     with pytest.raises(StudyError, match="op 'mean' does not apply to weight group 'magnitude'; valid: zero, scale"):
-        check_request(make("group=magnitude", "op=mean"))
+        Plan.from_cfg(make("group=magnitude", "op=mean"))
     with pytest.raises(StudyError, match="op 'noise' needs value > 0"):
-        check_request(make("group=heads", "op=noise"))
+        Plan.from_cfg(make("group=heads", "op=noise"))
 
 
 def test_pairs_are_chosen_on_dev_and_measure_non_additivity(grid):

@@ -9,7 +9,7 @@ from paramscope.ablation.atlas import ablation_map
 from paramscope.ablation.interventions import UnitSpec, apply
 from paramscope.ablation.neuron_groups import cluster_neurons, cluster_specs
 from paramscope.ablation.reference import last_context_activations
-from paramscope.ablation.run import check_request
+from paramscope.ablation.run import Plan
 from paramscope.errors import StudyError
 from paramscope.evaluation.scorer import score
 from paramscope.models.adapters import get_adapter
@@ -76,4 +76,4 @@ def test_single_neurons_are_screened_on_dev(setup):
 def test_neuron_groupings_are_zero_maps_only(group):
     cfg = OmegaConf.create({"group": group, "op": "scale", "value": 0.5, "ablate": {"pair_group": "heads"}})
     with pytest.raises(StudyError, match=f"group '{group}' is chosen on dev for zero ablation; got op 'scale'"):
-        check_request(cfg)
+        Plan.from_cfg(cfg)

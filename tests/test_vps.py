@@ -297,10 +297,10 @@ def test_verification_loop_never_sees_gold(smoke_job):
     ("phase=test", "unknown phase 'test'"),
 ])
 def test_bad_requests_are_study_errors(override, message):
-    from paramscope.vps.run import check_request
+    from paramscope.vps.run import Plan
 
     with pytest.raises(StudyError, match=message):
-        check_request(make_cfg("vps", ["profile=smoke", override]))
+        Plan.from_cfg(make_cfg("vps", ["profile=smoke", override]))
 
 
 @pytest.mark.parametrize("family", ["gpt2", "gpt_neo", "llama", "qwen2"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,8 @@ GRID_GROUPS = (*MAP_GROUPS, "pairs")
 GROUP_ALIASES = {"ffn": "neurons"}  # `group=heads,ffn`: the FFN neuron blocks under their everyday name
 
 
-def check_request(cfg: DictConfig) -> None:
+def _check(cfg: DictConfig) -> None:
+    """The job's map exists: a known group and op, and a value that op takes."""
     check_choice("group", cfg.group, GRID_GROUPS)
     check_choice("op", cfg.op, MAP_OPS)
     if cfg.group == "pairs":
@@ -98,71 +100,134 @@ def check_request(cfg: DictConfig) -> None:
                          f"valid: {', '.join(WEIGHT_OPS)}")
 
 
+@dataclass(frozen=True)
+class Plan:
+    """Everything from the config that decides this job's maps, checked before any work. A job the
+    profile leaves out (`left_out`) reads nothing more: it has no models, tasks or documents to find."""
+
+    group: str
+    op: str
+    value: float
+    left_out: str | None = None
+    models: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = ()
+    splits: tuple[str, ...] = ()
+    neuron_block: int = 0
+    bins: int = 0  # |w| bins of the weight groups (`magnitude_bins`, or `matrix_magnitude_bins` within a matrix)
+    pair_group: str = ""
+    pair_top_k: int = 0
+    single_neuron_units: int = 0
+    max_docs: int | None = None
+    exact_units: int | None = None
+    n_resamples: int = 0
+    seed: int = 0
+    batch_size: int = 0
+    split: dict = field(default_factory=dict)  # which documents are dev and test (`split_definition`)
+    full_grid: bool = False  # model and task not narrowed: cells the job no longer plans are stale
+    models_dir: Path = Path()
+    device: str = ""
+
+    @classmethod
+    def from_cfg(cls, cfg: DictConfig) -> Plan:
+        group = GROUP_ALIASES.get(cfg.group, cfg.group)  # one name in keys and rows, whichever the user typed
+        if group != cfg.group:
+            cfg = OmegaConf.merge(cfg, {"group": group})
+        _check(cfg)
+        request = {"group": str(group), "op": str(cfg.op), "value": float(cfg.value)}
+        left_out = profile_leaves_out(cfg)
+        if left_out:
+            return cls(**request, left_out=left_out)
+        a = cfg.ablate
+        models = selected(cfg, "model", a.models)
+        tasks = selected(cfg, "task", atlas_tasks(cfg))
+        bins = int(a.matrix_magnitude_bins if group == "magnitude_matrix" else a.magnitude_bins)
+        max_docs = atlas_max_docs(cfg)
+        exact_units = a.get("exact_units")  # screened heads/neuron maps (atlas.screened_specs)
+        return cls(**request, models=tuple(models), tasks=tuple(tasks), splits=tuple(str(s) for s in a.splits),
+                   neuron_block=int(a.neuron_block), bins=bins, pair_group=str(a.pair_group),
+                   pair_top_k=int(a.pair_top_k), single_neuron_units=int(a.single_neuron_units), max_docs=max_docs,
+                   exact_units=None if exact_units is None else int(exact_units), n_resamples=int(a.n_resamples),
+                   seed=int(cfg.seed), batch_size=int(cfg.eval.batch_size), split=split_definition(cfg),
+                   full_grid=cfg.model is None and cfg.task is None, models_dir=Path(cfg.paths.models),
+                   device=str(cfg.device))
+
+    @property
+    def prefix(self) -> str:
+        """Lets a job find its own cells among all others."""
+        return f"{self.group}-{self.op}-{self.value:g}-"
+
+    @property
+    def screened(self) -> bool:
+        """A zero map of heads or neurons that computes only the dev screen's top units and random others."""
+        return self.exact_units is not None and self.op == "zero" and self.group in SCREENED_GROUPS
+
+    @property
+    def needs_dev(self) -> bool:
+        """The map reads the task's dev documents: statistics, donors, or units chosen on dev."""
+        return self.op in STAT_OPS or self.group in ("pairs", *NEURON_GROUPINGS) or self.screened
+
+    def spec(self) -> dict[str, object]:
+        """What decides a map besides its documents: part of every cell's key."""
+        spec: dict[str, object] = {"group": self.group, "op": self.op, "value": self.value,
+                                   "neuron_block": self.neuron_block}
+        if self.group in WEIGHT_GROUPS:
+            spec["magnitude_bins"] = self.bins
+        if self.group == "pairs":
+            spec.update(pair_group=self.pair_group, pair_top_k=self.pair_top_k, selected_on="dev")
+        if self.op in STAT_OPS:
+            spec["reference"] = REFERENCE[self.op]
+        if self.op == "resample":
+            spec["pool_docs"] = POOL_DOCS
+        if self.group == "single_neurons":
+            spec.update(single_neuron_units=self.single_neuron_units, selected_on="dev")
+        if self.group == "neuron_clusters":
+            spec.update(clustering="k-means of standardised dev activations, last context position",
+                        selected_on="dev")
+        if self.max_docs is not None:  # only where set, so that uncapped cells keep their keys
+            spec["max_docs"] = self.max_docs
+        if self.screened:
+            spec.update(exact_units=self.exact_units, selected_on="dev")
+        return spec
+
+
 def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
     """Compute every missing map of this job; finished maps are found by key and skipped."""
-    if cfg.group in GROUP_ALIASES:  # one name in keys and rows, whichever the user typed
-        cfg = OmegaConf.merge(cfg, {"group": GROUP_ALIASES[cfg.group]})
-    check_request(cfg)
-    left_out = profile_leaves_out(cfg)
-    if left_out:
-        log.warning("%s; nothing computed", left_out)
+    plan = Plan.from_cfg(cfg)
+    if plan.left_out:
+        log.warning("%s; nothing computed", plan.left_out)
         return {"computed": 0, "skipped": 0, "left_out": 1}
-    models = selected(cfg, "model", cfg.ablate.models)
-    tasks = selected(cfg, "task", atlas_tasks(cfg))
-    value = float(cfg.value)
-    bins = int(cfg.ablate.matrix_magnitude_bins if cfg.group == "magnitude_matrix" else cfg.ablate.magnitude_bins)
-    prefix = f"{cfg.group}-{cfg.op}-{value:g}-"  # lets a job find its own cells among all others
-    max_docs = atlas_max_docs(cfg)
-    exact_units = cfg.ablate.get("exact_units")  # screened heads/neuron maps (atlas.screened_specs)
     cells = CellGrid("ablate", ROWS, results)
-    for name in models:  # every model must exist before any work starts
-        zoo.resolve(name, Path(cfg.paths.models))
-    for name in models:
-        model, tokenizer = zoo.load(name, Path(cfg.paths.models), device=cfg.device)
+    for name in plan.models:  # every model must exist before any work starts
+        zoo.resolve(name, plan.models_dir)
+    for name in plan.models:
+        model, tokenizer = zoo.load(name, plan.models_dir, device=plan.device)
         adapter = get_adapter(model)
         digest = zoo.digest(model)
-        for task in tasks:
-            for split in cfg.ablate.splits:
-                spec = {"group": cfg.group, "op": cfg.op, "value": value, "neuron_block": cfg.ablate.neuron_block}
-                if cfg.group in WEIGHT_GROUPS:
-                    spec["magnitude_bins"] = bins
-                if cfg.group == "pairs":
-                    spec.update(pair_group=cfg.ablate.pair_group, pair_top_k=int(cfg.ablate.pair_top_k),
-                                selected_on="dev")
-                if cfg.op in STAT_OPS:
-                    spec["reference"] = REFERENCE[cfg.op]
-                if cfg.op == "resample":
-                    spec["pool_docs"] = POOL_DOCS
-                if cfg.group == "single_neurons":
-                    spec.update(single_neuron_units=int(cfg.ablate.single_neuron_units), selected_on="dev")
-                if cfg.group == "neuron_clusters":
-                    spec.update(clustering="k-means of standardised dev activations, last context position",
-                                selected_on="dev")
-                if max_docs is not None:  # only where set, so that uncapped cells keep their keys
-                    spec["max_docs"] = max_docs
-                screened = exact_units is not None and cfg.op == "zero" and cfg.group in SCREENED_GROUPS
-                if screened:
-                    spec.update(exact_units=exact_units, selected_on="dev")
-                cell = cells.plan(prefix, digest=digest, task=task, split=split, **split_definition(cfg),
-                                  seed=cfg.seed, n_resamples=cfg.ablate.n_resamples, **spec)
+        for task in plan.tasks:
+            for split in plan.splits:
+                cell = cells.plan(plan.prefix, digest=digest, task=task, split=split, **plan.split, seed=plan.seed,
+                                  n_resamples=plan.n_resamples, **plan.spec())
                 if cells.done(cell):
                     continue
-                docs = capped(task_docs(cfg, task, split, tokenizer).docs, max_docs, cfg.seed)
-                clean = score(model, docs, cfg.eval.batch_size)
-                reference = (capped(task_docs(cfg, task, "dev", tokenizer).docs, max_docs, cfg.seed)
-                             if cfg.op in STAT_OPS or cfg.group in ("pairs", *NEURON_GROUPINGS) or screened else None)
-                if cfg.group == "pairs":
-                    df = pair_map(adapter, reference, docs, clean, cfg.ablate.pair_group, int(cfg.ablate.pair_top_k),
-                                  cfg.ablate.n_resamples, cfg.seed, cfg.eval.batch_size, cfg.ablate.neuron_block)
-                else:
-                    df = ablation_map(adapter, docs, cfg.group, cfg.op, value, clean, cfg.ablate.n_resamples,
-                                      cfg.seed, cfg.eval.batch_size, cfg.ablate.neuron_block, reference, bins,
-                                      exact_units if screened else None, int(cfg.ablate.single_neuron_units))
-                meta = {"model": name, "digest": digest, "task": task, "split": split, "cell": cell.name,
-                        **split_definition(cfg)}
+                docs = capped(task_docs(cfg, task, split, tokenizer).docs, plan.max_docs, plan.seed)
+                clean = score(model, docs, plan.batch_size)
+                reference = (capped(task_docs(cfg, task, "dev", tokenizer).docs, plan.max_docs, plan.seed)
+                             if plan.needs_dev else None)
+                df = map_rows(plan, adapter, docs, clean, reference)
+                meta = {"model": name, "digest": digest, "task": task, "split": split, "cell": cell.name, **plan.split}
                 cells.write(cell, pd.concat([pd.DataFrame([meta] * len(df)), df], axis=1))
-                log.info("%s %s/%s %s: worst delta_acc %.3f", name, task, split, cfg.group, df.delta_acc.min())
+                log.info("%s %s/%s %s: worst delta_acc %.3f", name, task, split, plan.group, df.delta_acc.min())
     counts = dict(cells.counts)
-    if cfg.model is None and cfg.task is None:  # the full grid: this job's cells it no longer plans are stale
-        counts["pruned"] = cells.prune(f"{prefix}*")
+    if plan.full_grid:  # the full grid: this job's cells it no longer plans are stale
+        counts["pruned"] = cells.prune(f"{plan.prefix}*")
     return counts
+
+
+def map_rows(plan: Plan, adapter, docs: tuple, clean, reference: tuple | None) -> pd.DataFrame:
+    """One map's rows: every pair of top units for `pairs`, else one row per unit."""
+    if plan.group == "pairs":
+        return pair_map(adapter, reference, docs, clean, plan.pair_group, plan.pair_top_k, plan.n_resamples,
+                        plan.seed, plan.batch_size, plan.neuron_block)
+    return ablation_map(adapter, docs, plan.group, plan.op, plan.value, clean, plan.n_resamples, plan.seed,
+                        plan.batch_size, plan.neuron_block, reference, plan.bins,
+                        plan.exact_units if plan.screened else None, plan.single_neuron_units)

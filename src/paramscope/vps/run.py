@@ -14,6 +14,7 @@ import dataclasses
 import itertools
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,14 +55,16 @@ def axis(cfg: DictConfig, name: str) -> list:
     return list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
 
 
-def grid(cfg: DictConfig) -> list[VPSConfig]:
+def grid(cfg: DictConfig) -> tuple[VPSConfig, ...]:
+    # tau and clamp as written: every cell's key holds them
     fixed = {"tau": cfg.vps.tau, "clamp": cfg.vps.clamp, "ridge": float(cfg.vps.ridge),
              "lo_ratio": float(cfg.vps.lo_ratio)}
-    return [VPSConfig(gamma=float(g), rank=int(r), builder=b, layer_set=s, policy=p, **fixed)
-            for g, r, b, s, p in itertools.product(*(axis(cfg, a) for a in AXES))]
+    return tuple(VPSConfig(gamma=float(g), rank=int(r), builder=b, layer_set=s, policy=p, **fixed)
+                 for g, r, b, s, p in itertools.product(*(axis(cfg, a) for a in AXES)))
 
 
-def check_request(cfg: DictConfig) -> None:
+def _check(cfg: DictConfig) -> None:
+    """Every grid axis holds values the stage knows, and verification runs only where answers are checkable."""
     check_choice("phase", cfg.phase, PHASES)
     for b in axis(cfg, "builder"):
         check_choice("builder", b, BUILDERS)
@@ -83,9 +86,44 @@ def check_request(cfg: DictConfig) -> None:
                              "set vps.verify.tasks=[] for this profile")
 
 
-def check_layer_sets(cfg: DictConfig, adapter) -> None:
+@dataclass(frozen=True)
+class Plan:
+    """Everything from the config that decides this job's cells, checked before any work."""
+
+    phase: str
+    models: tuple[str, ...]
+    tasks: tuple[str, ...]
+    configs: tuple[VPSConfig, ...]  # the grid, in its order (which breaks ties on dev)
+    layer_sets: tuple[str, ...]  # checked against each model's projections once it is loaded
+    verify_tasks: tuple[str, ...]
+    loop: LoopSettings | None  # the verification loop's settings, where a task runs it
+    modulus: int | None  # the synthetic suite's modulus, which the loop checks answers with
+    overhead_repeats: int
+    seed: int
+    batch_size: int
+    split: dict  # which documents are dev and test (`split_definition`)
+    whole_grid: bool  # every model and task, not a multirun: any cell it does not plan is stale
+    models_dir: Path
+    device: str
+
+    @classmethod
+    def from_cfg(cls, cfg: DictConfig) -> Plan:
+        _check(cfg)
+        models = selected(cfg, "model", cfg.vps.models)
+        tasks = selected(cfg, "task", cfg.tasks)
+        verify_tasks = tuple(str(t) for t in cfg.vps.verify.tasks)
+        return cls(phase=str(cfg.phase), models=tuple(models), tasks=tuple(tasks), configs=grid(cfg),
+                   layer_sets=tuple(axis(cfg, "layer_set")), verify_tasks=verify_tasks,
+                   loop=LoopSettings(**cfg.vps.verify.loop) if verify_tasks else None,
+                   modulus=int(cfg.suite.modulus) if verify_tasks else None,
+                   overhead_repeats=int(cfg.vps.overhead_repeats), seed=int(cfg.seed),
+                   batch_size=int(cfg.eval.batch_size), split=split_definition(cfg), whole_grid=whole_grid(cfg),
+                   models_dir=Path(cfg.paths.models), device=str(cfg.device))
+
+
+def check_layer_sets(layer_sets: Sequence[str], adapter) -> None:
     valid = [*LAYER_SETS, *projection_names(adapter)]
-    for s in axis(cfg, "layer_set"):
+    for s in layer_sets:
         check_choice("layer_set", s, valid)
 
 
@@ -111,19 +149,20 @@ def choose(dev: Sequence[tuple[VPSConfig, pd.Series]]) -> tuple[VPSConfig, pd.Se
 
 
 class Job:
-    """One model's cells; finished cells are read back instead of recomputed."""
+    """One model's cells; finished cells are read back instead of recomputed. Documents are found through
+    `cfg` (the data layer's paths); everything else comes from the plan."""
 
-    def __init__(self, cfg: DictConfig, results: Path, name: str) -> None:
-        self.cfg, self.results, self.name = cfg, results, name
-        self.model, self.tokenizer = zoo.load(name, Path(cfg.paths.models), device=cfg.device)
+    def __init__(self, cfg: DictConfig, plan: Plan, results: Path, name: str) -> None:
+        self.cfg, self.plan, self.results, self.name = cfg, plan, results, name
+        self.model, self.tokenizer = zoo.load(name, plan.models_dir, device=plan.device)
         self.adapter = get_adapter(self.model)
         self.digest = zoo.digest(self.model)
-        self.batch = int(cfg.eval.batch_size)
+        self.batch = plan.batch_size
         self.cells = CellGrid("vps", ROWS, results)
 
     def cell(self, task: str, split: str, condition: str, compute, **spec: object) -> pd.DataFrame:
-        cell = self.cells.plan(digest=self.digest, task=task, split=split, seed=self.cfg.seed,
-                               **split_definition(self.cfg), condition=condition, **spec)
+        cell = self.cells.plan(digest=self.digest, task=task, split=split, seed=self.plan.seed,
+                               **self.plan.split, condition=condition, **spec)
         df = self.cells.existing(cell)
         if df is None:
             meta = {"model": self.name, "digest": self.digest, "task": task, "split": split, "condition": condition,
@@ -136,7 +175,7 @@ class Job:
         with sharpen(self.model, config or VPSConfig(enabled=False), self.adapter):
             return score(self.model, docs, self.batch, share_context=False)  # VPS statistics span a sequence
 
-    def dev_grid(self, task: str, configs: list[VPSConfig]) -> list[tuple[VPSConfig, pd.Series]]:
+    def dev_grid(self, task: str, configs: Sequence[VPSConfig]) -> list[tuple[VPSConfig, pd.Series]]:
         docs = task_docs(self.cfg, task, "dev", self.tokenizer).docs
         self.cell(task, "dev", "base", lambda m: rows(m, self.score(docs), **config_columns(None)))
         out = []
@@ -146,7 +185,7 @@ class Job:
             out.append((config, df.iloc[0]))
         return out
 
-    def test(self, task: str, configs: list[VPSConfig],
+    def test(self, task: str, configs: Sequence[VPSConfig],
              dev: list[tuple[VPSConfig, pd.Series]]) -> tuple[pd.Series, pd.Series]:
         """(chosen configuration's test row, base model's test row)."""
         config, dev_row = choose(dev)
@@ -157,19 +196,18 @@ class Job:
         def selected_row(meta: dict) -> pd.DataFrame:
             n_tokens = sum(len(d.context) for d in docs)
             cost = measure(lambda: self.score(docs), lambda: self.score(docs, config), n_tokens,
-                           int(self.cfg.vps.overhead_repeats), str(self.cfg.device))
+                           self.plan.overhead_repeats, self.plan.device)
             return rows(meta, self.score(docs, config), **config_columns(config), grid_size=len(configs),
                         dev_acc=float(dev_row.acc), dev_loss=float(dev_row.loss), n_tokens=n_tokens, **cost)
 
         row = self.cell(task, "test", "selected", selected_row, config=config.as_dict(), **grid_spec).iloc[0]
-        if task in self.cfg.vps.verify.tasks:
+        if task in self.plan.verify_tasks:
             self.verify(task, docs, config, grid_spec, row.cell)
         return row, base
 
     def verify(self, task: str, docs: Sequence[Doc], config: VPSConfig, grid_spec: dict, selected_cell: str) -> None:
         """The loop with the chosen configuration and its gamma = 0 control, tied to the chosen cell."""
-        settings = LoopSettings(**self.cfg.vps.verify.loop)
-        modulus = int(self.cfg.suite.modulus)
+        settings, modulus = self.plan.loop, self.plan.modulus
         for condition, cfg_ in (("verify", config), ("verify_control", dataclasses.replace(config, gamma=0.0))):
             def compute(meta: dict, c: VPSConfig = cfg_) -> pd.DataFrame:
                 result = verification_loop(self.model, self.tokenizer, list(docs), c, modulus, settings, self.batch)
@@ -188,24 +226,22 @@ class Job:
 
 def run_vps(cfg: DictConfig, results: Path) -> dict[str, float]:
     """Compute every missing cell of this job; returns counts and the chosen test deltas for W&B."""
-    check_request(cfg)
-    models = selected(cfg, "model", cfg.vps.models)
-    tasks = selected(cfg, "task", cfg.tasks)
-    configs = grid(cfg)
-    for name in models:  # every model must exist before any work starts
-        zoo.resolve(name, Path(cfg.paths.models))
+    plan = Plan.from_cfg(cfg)
+    configs = plan.configs
+    for name in plan.models:  # every model must exist before any work starts
+        zoo.resolve(name, plan.models_dir)
     cells = CellGrid("vps", ROWS, results)  # every model's cells, for pruning and counts
     # cells of another row schema go first, whatever the job: a report must never mix them in
     summary: dict[str, float] = {"computed": 0, "skipped": 0, "grid_size": len(configs),
                                  "pruned": cells.prune_invalid()}
-    jobs = [Job(cfg, results, name) for name in models]
+    jobs = [Job(cfg, plan, results, name) for name in plan.models]
     summary["pruned"] += prune_other_weights(results, {job.name: job.digest for job in jobs})
     for job in jobs:
         name = job.name
-        check_layer_sets(cfg, job.adapter)
-        for task in tasks:
+        check_layer_sets(plan.layer_sets, job.adapter)
+        for task in plan.tasks:
             dev = job.dev_grid(task, configs)
-            if cfg.phase == "dev":
+            if plan.phase == "dev":
                 continue
             row, base = job.test(task, configs, dev)
             summary[f"{name}/{task}/test_delta_acc"] = float(row.acc - base.acc)
@@ -216,7 +252,7 @@ def run_vps(cfg: DictConfig, results: Path) -> dict[str, float]:
         for k, v in job.cells.counts.items():
             summary[k] += v
         cells.planned |= job.cells.planned
-    if whole_grid(cfg) and cfg.phase != "dev":  # it plans every cell there is: any other cell is stale
+    if plan.whole_grid and plan.phase != "dev":  # it plans every cell there is: any other cell is stale
         summary["pruned"] += cells.prune("*")
     return summary
 
