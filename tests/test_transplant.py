@@ -236,6 +236,10 @@ def test_grid_writes_tidy_cells_selected_on_dev_only(study, first_run):
     assert sorted(test.method) == ["layer_random", "layer_random", "random", "selected", "selected"]
     assert set(rows.loc[rows.split == "dev", "method"]) == {"selected", "all"}
     assert (rows.k[rows.method != "all"] == 2).all() and (rows.k[rows.method == "all"] == 12).all()
+    # transplant columns say what they hold: no atlas column is reused with another meaning
+    assert not {"group", "layer", "unit", "n_units", "op", "value", "unit_name"} & set(rows.columns)
+    assert set(rows.label[rows.method == "selected"]) == {"top-2 (abs)", "top-2 (signed)"}
+    assert set(rows.replicate) == {0} and (rows.alpha == 1.0).all()
     for _, r in rows.iterrows():
         assert r.acc == pytest.approx(np.mean(r.ex_correct))
         assert r.tir == pytest.approx(r.acc / r.acc_target) if r.acc_target else np.isnan(r.tir)

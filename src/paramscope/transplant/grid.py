@@ -43,9 +43,9 @@ from paramscope.transplant.vocabulary import compare_vocabularies
 log = logging.getLogger(__name__)
 
 # The version is part of every cell's key: bump it when rows change shape or meaning, so old cells are
-# recomputed. Rows also carry the atlas's columns (group, layer, unit, n_units, op, value, unit_name) with
-# transplant meanings (unit = replicate, n_units = k, value = alpha); readers use the named ones below.
-ROWS = RowSchema(1, {"model": "str", "digest": "str", "task": "str", "split": "str", "cell": "str", "donor": "str",
+# recomputed. Version 2: the atlas's columns that version 1 reused with other meanings (unit = replicate,
+# n_units = k, value = alpha, unit_name = label; group, layer and op constant) are gone.
+ROWS = RowSchema(2, {"model": "str", "digest": "str", "task": "str", "split": "str", "cell": "str", "donor": "str",
                      "pair": "str", "kind": "str", "method": "str", "ranking": "str", "replicate": "int", "k": "int",
                      "n_modules": "int", "alpha": "float", "n": "int", "acc": "float", "acc_clean": "float",
                      "delta_acc": "float", "ci_low": "float", "ci_high": "float", "tir": "float", "gbr": "float",
@@ -168,9 +168,7 @@ def transplant_row(state: PairTask, tp: Transplant, alpha: float, split: str) ->
     gbr = bootstrap_recovery_ci(clean_t.correct, clean_d.correct, moved.correct, n_resamples, seed=seed)
     chosen = [state.modules[i] for i in tp.indices]
     return {
-        "group": "modules", "layer": -1, "unit": tp.replicate, "n_units": len(tp.indices), "op": "transplant",
-        "value": alpha, "unit_name": tp.label,
-        "method": tp.method, "ranking": tp.ranking, "replicate": tp.replicate, "k": len(tp.indices),
+        "label": tp.label, "method": tp.method, "ranking": tp.ranking, "replicate": tp.replicate, "k": len(tp.indices),
         "n_modules": len(state.modules), "k_frac": len(tp.indices) / len(state.modules), "alpha": alpha,
         "donor_rule": rule,
         **paired_row(clean_t, moved, n_resamples, seed),
