@@ -4,6 +4,7 @@ grid, the stage's bad-input line and the report, on tiny random models (no train
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from paramscope.transplant import grid
 from paramscope.transplant.apply import transplanted
 from paramscope.transplant.metrics import with_gap_significance
 from paramscope.transplant.modules import module_registry
+from paramscope.transplant.plan import Pair, Plan, parse_k, resolve_k
 from paramscope.transplant.select import (
     layer_matched,
     module_activity,
@@ -158,13 +160,13 @@ def test_rankings_and_random_controls():
 @pytest.mark.parametrize("k, n, expected", [(8, 16, 8), (16, 16, 16), (32, 16, None), (0.5, 16, 8), (0.01, 16, 1),
                                             ("0.125", 16, 2)])
 def test_k_is_a_count_or_a_fraction_and_never_clipped(k, n, expected):
-    assert grid.resolve_k(grid.parse_k(k), n) == expected
+    assert resolve_k(parse_k(k), n) == expected
 
 
 @pytest.mark.parametrize("k", [0, -1, 1.5, "all"])
 def test_bad_k_is_refused(k):
     with pytest.raises(StudyError, match="k must be a module count"):
-        grid.parse_k(k)
+        parse_k(k)
 
 
 def test_gbr_is_undefined_where_the_gap_is_not_significant_after_bh():
@@ -234,6 +236,10 @@ def test_grid_writes_tidy_cells_selected_on_dev_only(study, first_run):
     assert sorted(test.method) == ["layer_random", "layer_random", "random", "selected", "selected"]
     assert set(rows.loc[rows.split == "dev", "method"]) == {"selected", "all"}
     assert (rows.k[rows.method != "all"] == 2).all() and (rows.k[rows.method == "all"] == 12).all()
+    # transplant columns say what they hold: no atlas column is reused with another meaning
+    assert not {"group", "layer", "unit", "n_units", "op", "value", "unit_name"} & set(rows.columns)
+    assert set(rows.label[rows.method == "selected"]) == {"top-2 (abs)", "top-2 (signed)"}
+    assert set(rows.replicate) == {0} and (rows.alpha == 1.0).all()
     for _, r in rows.iterrows():
         assert r.acc == pytest.approx(np.mean(r.ex_correct))
         assert r.tir == pytest.approx(r.acc / r.acc_target) if r.acc_target else np.isnan(r.tir)
@@ -372,6 +378,35 @@ def test_the_grids_best_is_chosen_on_dev_and_reported_on_test(study, first_run):
     no_dev = rows[~dev_pick]
     with pytest.raises(StudyError, match="have no dev counterpart"):
         Report(cfg, no_dev).grid_max(rows.kind.iloc[0], "tir")
+
+
+def test_the_plan_reads_the_config_once_into_plain_values(study):
+    cfg, tmp = study
+    plan = Plan.from_cfg(cfg("k=0.25", "alpha=1", "pair=[scratch,gen2]", f"export={tmp / 'out'}"))
+    assert (plan.k, plan.alpha, plan.tasks, plan.rankings) == (0.25, 1.0, ("kv",), ("abs", "signed"))
+    assert plan.pairs == (Pair(("gen2", "scratch"), "cross-generation"),)  # a pair is unordered
+    assert (plan.splits, plan.control_splits, plan.k_splits) == (("dev", "test"), ("test",), ("dev", "test"))
+    assert (plan.n_seeds, plan.n_resamples, plan.export, plan.full_grid) == (1, 1000, tmp / "out", False)
+    assert type(plan.seed) is int and type(plan.batch_size) is int and plan.split["split_seed"] == plan.seed
+    assert Plan.from_cfg(cfg("pair=null", "task=null")).full_grid
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.alpha = 0.5
+
+
+@pytest.mark.parametrize("override, message", [
+    ("alpha=0", r"alpha must lie in \(0, 1\] \(1 = the paper's copy\); got 0"),
+    ("k=all", "k must be a module count"),
+    ("transplant.rankings=[abs,loud]", "unknown ranking 'loud'; valid: abs, signed"),
+    ("transplant.control_splits=[train]", "unknown split 'train'"),
+    ("transplant.n_resamples=10", "transplant.n_seeds must be >= 0 and transplant.n_resamples >= 1000; got 1 and 10"),
+    ("transplant.n_seeds=1.5", "transplant.n_seeds must be an integer, got 1.5"),
+    ("pair=[gen2,tuned]", r"unknown pair '\[gen2,tuned\]'; valid: \[gen2,scratch\], \[tuned,scratch\]"),
+    ("task=nope", "unknown task 'nope'"),
+])
+def test_the_plan_refuses_bad_input_in_one_line(study, override, message):
+    cfg, _ = study
+    with pytest.raises(StudyError, match=f"^{message}"):
+        Plan.from_cfg(cfg(override))
 
 
 def test_stage_bad_input_is_one_line_and_writes_nothing(tmp_path):

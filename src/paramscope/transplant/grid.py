@@ -12,7 +12,7 @@ a k that resolves to an already computed K (a fraction, or a count) finds its ce
 from __future__ import annotations
 
 import logging
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -22,23 +22,17 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from paramscope.ablation.atlas import paired_row
-from paramscope.data.splits import check_split
-from paramscope.errors import StudyError, check_choice
+from paramscope.errors import StudyError
 from paramscope.evaluation.documents import Doc, Scores
 from paramscope.evaluation.scorer import score
-from paramscope.evaluation.tasks import split_definition, task_docs
+from paramscope.evaluation.tasks import task_docs
 from paramscope.models import zoo
-from paramscope.stats import (
-    MIN_RESAMPLES,
-    bootstrap_ratio_ci,
-    bootstrap_recovery_ci,
-    paired_bootstrap_ci,
-)
+from paramscope.stats import bootstrap_ratio_ci, bootstrap_recovery_ci, paired_bootstrap_ci
 from paramscope.store import Cell, CellGrid, RowSchema
 from paramscope.transplant.apply import export_transplant, transplanted
 from paramscope.transplant.modules import Module, module_registry
+from paramscope.transplant.plan import Pair, Plan, resolve_k
 from paramscope.transplant.select import (
-    RANKINGS,
     layer_matched,
     module_activity,
     random_order,
@@ -49,81 +43,16 @@ from paramscope.transplant.vocabulary import compare_vocabularies
 log = logging.getLogger(__name__)
 
 # The version is part of every cell's key: bump it when rows change shape or meaning, so old cells are
-# recomputed. Rows also carry the atlas's columns (group, layer, unit, n_units, op, value, unit_name) with
-# transplant meanings (unit = replicate, n_units = k, value = alpha); readers use the named ones below.
-ROWS = RowSchema(1, {"model": "str", "digest": "str", "task": "str", "split": "str", "cell": "str", "donor": "str",
+# recomputed. Version 2: the atlas's columns that version 1 reused with other meanings (unit = replicate,
+# n_units = k, value = alpha, unit_name = label; group, layer and op constant) are gone.
+ROWS = RowSchema(2, {"model": "str", "digest": "str", "task": "str", "split": "str", "cell": "str", "donor": "str",
                      "pair": "str", "kind": "str", "method": "str", "ranking": "str", "replicate": "int", "k": "int",
                      "n_modules": "int", "alpha": "float", "n": "int", "acc": "float", "acc_clean": "float",
                      "delta_acc": "float", "ci_low": "float", "ci_high": "float", "tir": "float", "gbr": "float",
                      "modules": "list", "ex_doc_ids": "list", "ex_correct": "list"})
 WORKLOAD = "dev contexts, mean |output| at the last token"  # what selection measures (in the key)
-
-
-@dataclass(frozen=True)
-class Pair:
-    models: tuple[str, str]
-    kind: str
-
-    @property
-    def label(self) -> str:
-        return f"{self.models[0]} vs {self.models[1]}"
-
-
-def profile_pairs(cfg: DictConfig) -> list[Pair]:
-    """The configured pairs whose two models are both in the profile's `models`."""
-    known = set(cfg.models)
-    pairs = [Pair(tuple(p.models), str(p.kind)) for p in cfg.transplant.pairs]
-    return [p for p in pairs if set(p.models) <= known]
-
-
-def parse_k(value: object) -> int | float:
-    """A whole number >= 1 is a module count; a value strictly between 0 and 1 a fraction of all."""
-    try:
-        k = float(value)
-    except (TypeError, ValueError):
-        k = float("nan")
-    if math.isfinite(k) and k >= 1 and k == int(k):
-        return int(k)
-    if 0 < k < 1:
-        return k
-    raise StudyError(f"k must be a module count (1, 2, ...) or a fraction of all modules in (0, 1); got {value}")
-
-
-def resolve_k(k: float, n_modules: int) -> int | None:
-    """Modules for request ``k`` out of ``n_modules``; None when a count exceeds what the model has."""
-    if isinstance(k, float):
-        return max(1, math.floor(k * n_modules + 0.5))
-    return k if k <= n_modules else None
-
-
-def check_request(cfg: DictConfig) -> tuple[int | float, float, list[Pair], list[str]]:
-    """Everything the user can get wrong, checked before any model is loaded."""
-    k = parse_k(cfg.k)
-    try:
-        alpha = float(cfg.alpha)
-    except (TypeError, ValueError):
-        alpha = float("nan")
-    if not 0.0 < alpha <= 1.0:
-        raise StudyError(f"alpha must lie in (0, 1] (1 = the paper's copy); got {cfg.alpha}")
-    t = cfg.transplant
-    for ranking in t.rankings:
-        check_choice("ranking", ranking, RANKINGS)
-    for split in (*t.splits, *t.control_splits):
-        check_split(split)
-    if int(t.n_seeds) < 0 or int(t.n_resamples) < MIN_RESAMPLES:
-        raise StudyError(f"transplant.n_seeds must be >= 0 and transplant.n_resamples >= {MIN_RESAMPLES}; "
-                         f"got {t.n_seeds} and {t.n_resamples}")
-    pairs = profile_pairs(cfg)
-    if cfg.pair is not None:
-        wanted = [str(m) for m in cfg.pair] if not isinstance(cfg.pair, str) else [cfg.pair]
-        pairs = [p for p in pairs if sorted(p.models) == sorted(wanted)]  # a pair is unordered
-        if not pairs:
-            check_choice("pair", f"[{','.join(wanted)}]", [f"[{','.join(p.models)}]" for p in profile_pairs(cfg)])
-    if not pairs:
-        raise StudyError(f"no transplant pair has both models in this profile's models ({', '.join(cfg.models)})")
-    tasks = list(cfg.tasks) if cfg.task is None else [cfg.task]
-    check_choice("task", tasks[0], cfg.tasks)
-    return k, alpha, pairs, tasks
+# (task, split, tokenizer) -> that split's documents: the one place the grid reads files through the config
+Documents = Callable[[str, str, object], tuple[Doc, ...]]
 
 
 class PairTask:
@@ -132,21 +61,21 @@ class PairTask:
     Nothing here runs until a missing cell needs it, so a rerun of a finished grid scores nothing.
     """
 
-    def __init__(self, cfg: DictConfig, pair: Pair, task: str, loaded: dict, digests: dict[str, str],
-                 modules: list[Module]) -> None:
-        self.cfg, self.pair, self.task, self.modules = cfg, pair, task, modules
-        self.loaded, self.digests = loaded, digests
+    def __init__(self, plan: Plan, pair: Pair, task: str, loaded: dict, digests: dict[str, str],
+                 modules: list[Module], documents: Documents) -> None:
+        self.plan, self.pair, self.task, self.modules = plan, pair, task, modules
+        self.loaded, self.digests, self.documents = loaded, digests, documents
         self._scores: dict[tuple, Scores] = {}
         self._gaps: dict[str, dict[str, float]] = {}
 
     def docs(self, split: str) -> tuple[Doc, ...]:
         tokenizer = self.loaded[self.pair.models[0]][1]
-        return task_docs(self.cfg, self.task, split, tokenizer).docs
+        return self.documents(self.task, split, tokenizer)
 
     def clean(self, name: str, split: str) -> Scores:
         key = ("clean", name, split)
         if key not in self._scores:
-            self._scores[key] = score(self.loaded[name][0], self.docs(split), self.cfg.eval.batch_size)
+            self._scores[key] = score(self.loaded[name][0], self.docs(split), self.plan.eval_batch_size)
         return self._scores[key]
 
     @cached_property
@@ -167,7 +96,7 @@ class PairTask:
         """Module activities of (donor, target) over the dev workload: one pass per model."""
         donor, target, _ = self.roles
         workload = self.docs("dev")
-        batch = int(self.cfg.transplant.batch_size)
+        batch = self.plan.batch_size
         return (module_activity(self.loaded[donor][0], self.modules, workload, batch),
                 module_activity(self.loaded[target][0], self.modules, workload, batch))
 
@@ -181,7 +110,7 @@ class PairTask:
             donor, target, _ = self.roles
             names = [self.modules[i].name for i in key[1]]
             with transplanted(self.loaded[target][0], self.loaded[donor][0], names, alpha) as model:
-                self._scores[key] = score(model, self.docs(split), self.cfg.eval.batch_size)
+                self._scores[key] = score(model, self.docs(split), self.plan.eval_batch_size)
         return self._scores[key]
 
     def gap(self, split: str) -> dict[str, float]:
@@ -189,7 +118,7 @@ class PairTask:
         if split not in self._gaps:
             donor, target, _ = self.roles
             t, d = self.clean(target, split).correct, self.clean(donor, split).correct
-            gap, low, high = paired_bootstrap_ci(t, d, int(self.cfg.transplant.n_resamples), seed=int(self.cfg.seed))
+            gap, low, high = paired_bootstrap_ci(t, d, self.plan.n_resamples, seed=self.plan.seed)
             self._gaps[split] = {"acc_target": float(t.mean()), "acc_donor": float(d.mean()),
                                  "gap": gap, "gap_ci_low": low, "gap_ci_high": high}
         return self._gaps[split]
@@ -214,15 +143,14 @@ class Transplant:
 
 def transplants(state: PairTask, k: int, split: str) -> list[Transplant]:
     """The rows of a K cell on ``split``: selected sets where asked, controls where asked."""
-    t = state.cfg.transplant
-    seed = int(state.cfg.seed)
+    plan, seed = state.plan, state.plan.seed
     rows: list[Transplant] = []
-    tops = {r: state.ranked(r)[:k] for r in t.rankings} if split in (*t.splits, *t.control_splits) else {}
-    if split in t.splits:
+    tops = {r: state.ranked(r)[:k] for r in plan.rankings} if split in plan.k_splits else {}
+    if split in plan.splits:
         rows += [Transplant("selected", r, 0, tuple(sorted(int(i) for i in top))) for r, top in tops.items()]
-    if split in t.control_splits:
+    if split in plan.control_splits:
         n = len(state.modules)
-        for rep in range(int(t.n_seeds)):
+        for rep in range(plan.n_seeds):
             rows.append(Transplant("random", "", rep, tuple(sorted(int(i) for i in random_order(n, seed, rep)[:k]))))
             rows += [Transplant("layer_random", r, rep,
                                 tuple(int(i) for i in layer_matched(state.modules, top, seed, rep)))
@@ -233,16 +161,14 @@ def transplants(state: PairTask, k: int, split: str) -> list[Transplant]:
 def transplant_row(state: PairTask, tp: Transplant, alpha: float, split: str) -> dict:
     """Statistics of one transplant on ``split``, paired with the target (and donor) on the same documents."""
     donor, target, rule = state.roles
-    n_resamples, seed = int(state.cfg.transplant.n_resamples), int(state.cfg.seed)
+    n_resamples, seed = state.plan.n_resamples, state.plan.seed
     clean_t, clean_d = state.clean(target, split), state.clean(donor, split)
     moved = state.transplanted_scores(np.array(tp.indices, dtype=int), alpha, split)
     tir = bootstrap_ratio_ci(clean_t.correct, moved.correct, n_resamples, seed=seed)
     gbr = bootstrap_recovery_ci(clean_t.correct, clean_d.correct, moved.correct, n_resamples, seed=seed)
     chosen = [state.modules[i] for i in tp.indices]
     return {
-        "group": "modules", "layer": -1, "unit": tp.replicate, "n_units": len(tp.indices), "op": "transplant",
-        "value": alpha, "unit_name": tp.label,
-        "method": tp.method, "ranking": tp.ranking, "replicate": tp.replicate, "k": len(tp.indices),
+        "label": tp.label, "method": tp.method, "ranking": tp.ranking, "replicate": tp.replicate, "k": len(tp.indices),
         "n_modules": len(state.modules), "k_frac": len(tp.indices) / len(state.modules), "alpha": alpha,
         "donor_rule": rule,
         **paired_row(clean_t, moved, n_resamples, seed),
@@ -273,12 +199,12 @@ def _write(state: PairTask, rows: list[Transplant], alpha: float, split: str, ce
                  split, body.k.iloc[0], alpha, best.acc.max(), body.acc_clean.iloc[0], body.acc_donor.iloc[0])
 
 
-def _export(cfg: DictConfig, state: PairTask, k: int, alpha: float) -> int:
+def _export(folder: Path, state: PairTask, k: int, alpha: float) -> int:
     """Save this job's selected transplants as Hugging Face directories; existing ones are kept."""
     donor, target, _ = state.roles
     made = 0
-    for ranking in cfg.transplant.rankings:
-        path = Path(cfg.export) / f"{target}-from-{donor}-{state.task}-{ranking}-k{k}-a{alpha:g}"
+    for ranking in state.plan.rankings:
+        path = folder / f"{target}-from-{donor}-{state.task}-{ranking}-k{k}-a{alpha:g}"
         if path.exists():
             continue
         names = [state.modules[i].name for i in sorted(state.ranked(ranking)[:k])]
@@ -289,7 +215,8 @@ def _export(cfg: DictConfig, state: PairTask, k: int, alpha: float) -> int:
     return made
 
 
-def _check_same_reading(cfg: DictConfig, pair: Pair, tok_a, tok_b, tasks: list[str], splits: list[str]) -> None:
+def _check_same_reading(documents: Documents, pair: Pair, tok_a, tok_b, tasks: tuple[str, ...],
+                        splits: tuple[str, ...]) -> None:
     """Both models must see each document as the same token ids (their documents are encoded once, with
     the first model's tokenizer): one base vocabulary, and no differing added token in the text."""
     a, b = pair.models
@@ -299,62 +226,98 @@ def _check_same_reading(cfg: DictConfig, pair: Pair, tok_a, tok_b, tasks: list[s
     log.warning("%s: the base vocabularies are equal; the added tokens differ: %s", pair.label, added.describe(a, b))
     for task in tasks:
         for split in splits:
-            if task_docs(cfg, task, split, tok_a).docs != task_docs(cfg, task, split, tok_b).docs:
+            if documents(task, split, tok_a) != documents(task, split, tok_b):
                 raise StudyError(f"cannot transplant between {a} and {b} on task '{task}': its {split} documents "
                                  f"encode differently under the two tokenizers ({added.describe(a, b)})")
 
 
-def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
-    """Compute every missing cell of this job's (k, alpha); finished cells are found by key and skipped."""
-    k_request, alpha, pairs, tasks = check_request(cfg)
+def _documents(cfg: DictConfig) -> Documents:
+    """The data layer's reader of task documents, bound to the config that says where they are."""
+    def documents(task: str, split: str, tokenizer) -> tuple[Doc, ...]:
+        return task_docs(cfg, task, split, tokenizer).docs
+    return documents
+
+
+def _load(cfg: DictConfig, plan: Plan) -> tuple[dict, dict[str, str]]:
+    """Every model of the plan's pairs and its digest; all must exist before any is loaded."""
     root = Path(cfg.paths.models)
-    names = sorted({m for p in pairs for m in p.models})
-    for name in names:  # every model must exist before any work starts
+    names = sorted({m for p in plan.pairs for m in p.models})
+    for name in names:
         zoo.resolve(name, root)
     loaded = {name: zoo.load(name, root, device=cfg.device) for name in names}
-    digests = {name: zoo.digest(model) for name, (model, _) in loaded.items()}
-    t = cfg.transplant
-    splits = [s for s in ("dev", "test") if s in (*t.splits, *t.control_splits)]
+    return loaded, {name: zoo.digest(model) for name, (model, _) in loaded.items()}
+
+
+def _registries(plan: Plan, loaded: dict, documents: Documents) -> dict[Pair, list[Module]]:
+    """Each pair's transplantable modules; a mismatched pair is refused before anything is written."""
     registries = {}
-    for pair in pairs:  # refuse a mismatched pair before anything is written
+    for pair in plan.pairs:
         (a, tok_a), (b, tok_b) = loaded[pair.models[0]], loaded[pair.models[1]]
         registries[pair] = module_registry(a, b, pair.models)
-        _check_same_reading(cfg, pair, tok_a, tok_b, tasks, splits)
-    settings = {"seed": cfg.seed, "n_resamples": t.n_resamples, "workload": WORKLOAD, "alpha": alpha,
-                **split_definition(cfg)}
+        _check_same_reading(documents, pair, tok_a, tok_b, plan.tasks, plan.k_splits)
+    return registries
+
+
+def _resolved_k(plan: Plan, pair: Pair, n_modules: int) -> int | None:
+    """The pair's K for the plan's request; None (with a warning) where the request exceeds its modules."""
+    k = resolve_k(plan.k, n_modules)
+    if k is None:
+        log.warning("k=%s exceeds the %d transplantable modules of %s: no K cell (copy-all still runs)",
+                    plan.k, n_modules, pair.label)
+    elif k == n_modules:
+        log.info("k=%s is every module of %s: the copy-all cell covers it", plan.k, pair.label)
+    return k
+
+
+CellPlan = tuple[str, int, list[Transplant] | None, str]  # (kind, K, rows or None = `transplants`, split)
+
+
+def _cell_plans(plan: Plan, n_modules: int, k: int | None) -> list[CellPlan]:
+    """Copy-all on every selection split, shared by every K; the K cell where K is not every module."""
+    cells: list[CellPlan] = [("all", n_modules, [Transplant("all", "", 0, tuple(range(n_modules)))], s)
+                             for s in plan.splits]
+    if k is not None and k < n_modules:
+        cells += [("k", k, None, s) for s in plan.k_splits]
+    return cells
+
+
+def _cell_spec(plan: Plan, kind: str, size: int, split: str) -> dict:
+    """What a cell's key carries besides its pair and task: the job's settings, and a K cell's rows."""
+    spec = {"seed": plan.seed, "n_resamples": plan.n_resamples, "workload": WORKLOAD, "alpha": plan.alpha,
+            **plan.split, "kind": kind, "k": size, "split": split}
+    if kind == "k":
+        spec.update(rankings=list(plan.rankings), n_seeds=plan.n_seeds, selected=split in plan.splits,
+                    controls=split in plan.control_splits)
+    return spec
+
+
+def run_grid(cfg: DictConfig, results: Path) -> dict[str, int]:
+    """Compute every missing cell of this job's (k, alpha); finished cells are found by key and skipped."""
+    plan = Plan.from_cfg(cfg)
+    documents = _documents(cfg)
+    loaded, digests = _load(cfg, plan)
+    registries = _registries(plan, loaded, documents)
     grid = CellGrid("transplant", ROWS, results)
     counts = {"k_too_large": 0, "exported": 0}
     prefixes: set[str] = set()
-    for pair in pairs:
+    for pair in plan.pairs:
         modules = registries[pair]
-        k = resolve_k(k_request, len(modules))
-        if k is None:
-            log.warning("k=%s exceeds the %d transplantable modules of %s: no K cell (copy-all still runs)",
-                        cfg.k, len(modules), pair.label)
-            counts["k_too_large"] += 1
-        elif k == len(modules):
-            log.info("k=%s is every module of %s: the copy-all cell covers it", cfg.k, pair.label)
+        k = _resolved_k(plan, pair, len(modules))
+        counts["k_too_large"] += int(k is None)
         pair_digests = [digests[m] for m in pair.models]
-        for task in tasks:
-            state = PairTask(cfg, pair, task, loaded, digests, modules)
-            cells = [("all", len(modules), [Transplant("all", "", 0, tuple(range(len(modules))))], s)
-                     for s in t.splits]
-            if k is not None and k < len(modules):
-                cells += [("k", k, None, s) for s in splits]
-            for kind, size, rows, split in cells:
-                spec = dict(settings, kind=kind, k=size, digests=pair_digests, task=task, split=split)
-                if kind == "k":
-                    spec.update(rankings=list(t.rankings), n_seeds=int(t.n_seeds),
-                                selected=split in t.splits, controls=split in t.control_splits)
-                prefix = f"{kind}{size}-a{alpha:g}-"
-                cell = grid.plan(prefix, **spec)
+        for task in plan.tasks:
+            state = PairTask(plan, pair, task, loaded, digests, modules, documents)
+            for kind, size, rows, split in _cell_plans(plan, len(modules), k):
+                prefix = f"{kind}{size}-a{plan.alpha:g}-"
+                cell = grid.plan(prefix, **_cell_spec(plan, kind, size, split), digests=pair_digests, task=task)
                 prefixes.add(prefix)
                 if grid.done(cell):
                     continue
-                _write(state, rows if rows is not None else transplants(state, size, split), alpha, split, grid, cell)
-            if cfg.export and k is not None:
-                counts["exported"] += _export(cfg, state, k, alpha)
+                _write(state, rows if rows is not None else transplants(state, size, split), plan.alpha, split,
+                       grid, cell)
+            if plan.export is not None and k is not None:
+                counts["exported"] += _export(plan.export, state, k, plan.alpha)
     counts = {**grid.counts, **counts}
-    if cfg.pair is None and cfg.task is None:  # the full grid: cells of this job's kinds it no longer plans are stale
+    if plan.full_grid:  # cells of this job's kinds that the full grid no longer plans are stale
         counts["pruned"] = grid.prune(*(f"{prefix}*" for prefix in sorted(prefixes)))
     return counts
