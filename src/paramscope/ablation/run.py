@@ -20,17 +20,12 @@ from paramscope.evaluation.scorer import score
 from paramscope.evaluation.tasks import atlas_tasks, split_definition, task_docs
 from paramscope.models import zoo
 from paramscope.models.adapters import get_adapter
+from paramscope.row_schemas import ABLATE as ROWS
 from paramscope.selection import selected
-from paramscope.store import CellGrid, RowSchema
+from paramscope.store import CellGrid
 
 log = logging.getLogger(__name__)
 
-# The version is part of every cell's key: bump it when a map's rows change shape or meaning, so that
-# cells made by older code are recomputed instead of being mixed into new tables.
-ROWS = RowSchema(5, {"model": "str", "digest": "str", "task": "str", "split": "str", "cell": "str", "group": "str",
-                     "layer": "int", "unit": "int", "n_units": "int", "op": "str", "value": "float", "n": "int",
-                     "acc_clean": "float", "acc": "float", "delta_acc": "float", "ci_low": "float",
-                     "ci_high": "float", "p_mcnemar": "float", "delta_loss": "float", "ex_correct": "list"})
 # Part of the key of maps built on dev statistics: which statistic each op writes or matches
 # (`reference`), so that changing one recomputes that op's maps and nothing else.
 REFERENCE = {

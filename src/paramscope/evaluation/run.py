@@ -13,15 +13,11 @@ from paramscope.evaluation.documents import Scores
 from paramscope.evaluation.scorer import score
 from paramscope.evaluation.tasks import split_definition, task_docs
 from paramscope.models import zoo
-from paramscope.store import CellGrid, RowSchema
+from paramscope.row_schemas import EVAL as ROWS
+from paramscope.store import CellGrid
 
 log = logging.getLogger(__name__)
 
-# The version is part of every eval cell's key: bump it when rows change shape or meaning (2: `acc` and
-# `ex_correct` follow the task's metric; `metric`, `acc_plain` and `ex_correct_plain` added).
-ROWS = RowSchema(2, {"model": "str", "digest": "str", "task": "str", "split": "str", "metric": "str", "n": "int",
-                     "acc": "float", "acc_plain": "float", "loss": "float", "ex_doc_ids": "list",
-                     "ex_correct": "list", "ex_correct_plain": "list"})
 
 
 def example_columns(scores: Scores) -> dict[str, list]:

@@ -27,9 +27,9 @@ import pandas as pd
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from paramscope import row_schemas
 from paramscope.ablation.atlas import paired_row
 from paramscope.ablation.interventions import apply
-from paramscope.ablation.run import ROWS as ABLATE_ROWS
 from paramscope.errors import StudyError, check_choice, number
 from paramscope.evaluation.documents import Doc, Scores
 from paramscope.evaluation.scorer import score
@@ -61,17 +61,13 @@ from paramscope.optimize.search import (
     search_profile,
     select_on_dev,
 )
+from paramscope.row_schemas import OPTIMIZE as ROWS
 from paramscope.selection import selected
-from paramscope.store import Cell, CellGrid, RowSchema, load_results
+from paramscope.store import Cell, CellGrid, load_results
 
 log = logging.getLogger(__name__)
 
 STAGE = "optimize"
-# The version is part of every cell's key: bump it when rows change shape or meaning. The four kinds of
-# cell (search, control, transfer, compress) share these columns; the rest depends on `kind`.
-ROWS = RowSchema(2, {"model": "str", "digest": "str", "task": "str", "kind": "str", "cell": "str", "split": "str",
-                     "n": "int", "acc": "float", "acc_clean": "float", "delta_acc": "float", "ex_doc_ids": "list",
-                     "ex_correct": "list", "ex_clean_correct": "list"})
 SPLITS = ("dev", "test")
 
 
@@ -133,7 +129,7 @@ def load_atlas(results: Path, split: dict) -> pd.DataFrame:
     """The atlas rows made on the current dev/test split: rows of another split would let documents
     that are test documents now steer the candidate ranking."""
     try:
-        atlas = load_results("ablate", results, schema=ABLATE_ROWS)
+        atlas = load_results("ablate", results, schema=row_schemas.ABLATE)
     except FileNotFoundError as e:
         raise StudyError(f"{e}; the profile search ranks its candidates by the atlas") from None
     same = np.ones(len(atlas), dtype=bool)

@@ -24,8 +24,8 @@ import pandas as pd
 import seaborn as sns
 from omegaconf import DictConfig
 
+from paramscope import row_schemas
 from paramscope.errors import StudyError
-from paramscope.optimize.run import ROWS as OPTIMIZE_ROWS
 from paramscope.report import latex as tex
 from paramscope.report.order import preferred_order, sort_rows
 from paramscope.report.output import write_csv, write_json, write_text
@@ -68,7 +68,7 @@ def _paired(row: pd.Series, s: Settings) -> dict:
 
 def load(results: Path) -> pd.DataFrame:
     try:
-        df = load_results("optimize", results, with_examples=True, schema=OPTIMIZE_ROWS)
+        df = load_results("optimize", results, with_examples=True, schema=row_schemas.OPTIMIZE)
     except FileNotFoundError as e:
         raise StudyError(f"{e}") from None
     missing = [k for k in KINDS if k not in set(df.kind)]

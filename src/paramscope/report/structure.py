@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from omegaconf import DictConfig
 
+from paramscope import row_schemas
 from paramscope.errors import StudyError
 from paramscope.report import latex as tex
 from paramscope.report.order import preferred_then_seen
@@ -32,7 +33,6 @@ from paramscope.report.style import (
 from paramscope.stats import mcnemar_exact, paired_bootstrap_ci
 from paramscope.store import load_results
 from paramscope.structure import weibull as weibull_spec
-from paramscope.structure.run import ROWS as STRUCTURE_ROWS
 from paramscope.structure.weibull import (
     GAUSSIAN_K,
     GAUSSIAN_LAMBDA_PER_SIGMA,
@@ -227,7 +227,7 @@ def _setting(cfg: DictConfig, name: str, values: pd.Series) -> float:
 
 def report(cfg: DictConfig, results: Path, out: Path) -> dict:
     """Tables, macros, figures and metrics of the structure stage's results."""
-    df = load_results("structure", results, with_examples=True, schema=STRUCTURE_ROWS)
+    df = load_results("structure", results, with_examples=True, schema=row_schemas.STRUCTURE)
     split, r = cfg.report.split, cfg.report
     by_kind = {k: g.reset_index(drop=True) for k, g in df.groupby("kind")}
     missing = {"tests", "anneal", "components", "weibull"} - set(by_kind)

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from paramscope import row_schemas
 from paramscope.errors import StudyError
 from paramscope.evaluation.chosen import KEPT
-from paramscope.evaluation.run import ROWS as EVAL_ROWS
 from paramscope.evaluation.tasks import task_docs
 from paramscope.models import zoo
 from paramscope.report import latex
@@ -73,7 +73,7 @@ def table(df: pd.DataFrame) -> str:
 
 def report(cfg: DictConfig, results: Path, out: Path) -> dict:
     model = choice_model(cfg)
-    ev = load_results("eval", results, with_examples=True, schema=EVAL_ROWS)
+    ev = load_results("eval", results, with_examples=True, schema=row_schemas.EVAL)
     tokenizer = zoo.load_tokenizer(model, Path(cfg.paths.models))
     df = evidence(cfg, ev, tokenizer)
     kept = df[df.kept].task.tolist()  # may be empty (random stand-ins); only a stage that needs it refuses

@@ -22,13 +22,13 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
+from paramscope import row_schemas
 from paramscope.errors import StudyError
 from paramscope.report import latex as tex
 from paramscope.report.output import write_json, write_text
 from paramscope.report.style import colors, new_figure, paper_style, save_pdf
 from paramscope.stats import paired_bootstrap_ci
 from paramscope.store import load_results
-from paramscope.transplant.grid import ROWS as TRANSPLANT_ROWS
 from paramscope.transplant.metrics import with_gap_significance
 
 TOPIC = "Transplant"
@@ -518,7 +518,7 @@ def build_metrics(rep: Report) -> dict[str, float | int | None]:
 
 def report(cfg: DictConfig, results: Path, out: Path) -> dict:
     """Write macros.tex, tables/, figures/ and metrics.json of the transplant topic into ``out``."""
-    rows = load_results("transplant", root=results, with_examples=True, schema=TRANSPLANT_ROWS)
+    rows = load_results("transplant", root=results, with_examples=True, schema=row_schemas.TRANSPLANT)
     # Cells of an older checkpoint of a model (kept under a K or alpha no longer in the grid) would be
     # chosen among and paired as if they were the same model: refuse them.
     checkpoints = pd.concat([rows[["model", "digest"]],

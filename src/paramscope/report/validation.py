@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from paramscope.evaluation.run import ROWS as EVAL_ROWS
+from paramscope import row_schemas
 from paramscope.evaluation.tasks import task_metric
 from paramscope.report import latex
 from paramscope.report.output import write_json, write_text
@@ -105,7 +105,7 @@ def table(df: pd.DataFrame) -> str:
 
 def report(cfg: DictConfig, results: Path, out: Path) -> dict:
     try:
-        ev = load_results("eval", results, with_examples=True, schema=EVAL_ROWS)
+        ev = load_results("eval", results, with_examples=True, schema=row_schemas.EVAL)
     except FileNotFoundError:
         ev = pd.DataFrame(columns=["model", "task"])
     df = comparison(cfg, ev)

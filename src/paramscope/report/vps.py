@@ -14,6 +14,7 @@ import pandas as pd
 import seaborn as sns
 from omegaconf import DictConfig
 
+from paramscope import row_schemas
 from paramscope.errors import StudyError
 from paramscope.report import latex as tex
 from paramscope.report.output import write_csv, write_json, write_text
@@ -21,7 +22,6 @@ from paramscope.report.style import new_figure, paper_style, save_pdf
 from paramscope.stats import benjamini_hochberg, mcnemar_exact, paired_bootstrap_ci
 from paramscope.store import load_results
 from paramscope.vps.policy import Policy
-from paramscope.vps.run import ROWS as VPS_ROWS
 
 AXES = ["gamma", "rank", "builder", "layer_set", "policy"]
 
@@ -306,7 +306,7 @@ def metrics(ch: pd.DataFrame, vt: pd.DataFrame, grid: pd.DataFrame, s: DictConfi
 
 def report(cfg: DictConfig, results: Path, out: Path) -> dict:
     s = cfg.report
-    df = load_results("vps", results, with_examples=True, schema=VPS_ROWS)
+    df = load_results("vps", results, with_examples=True, schema=row_schemas.VPS)
     check_one_setting(df)
     grid = dev_grid(df)
     ch = chosen(df, s, int(cfg.seed))

@@ -37,8 +37,9 @@ from paramscope.evaluation.scorer import score
 from paramscope.evaluation.tasks import split_definition, task_docs
 from paramscope.models import zoo
 from paramscope.models.adapters import Adapter, get_adapter, weight_in_out
+from paramscope.row_schemas import STRUCTURE as ROWS
 from paramscope.selection import selected
-from paramscope.store import CellGrid, RowSchema
+from paramscope.store import CellGrid
 from paramscope.structure.anneal import (
     Annealing,
     Masks,
@@ -70,9 +71,6 @@ from paramscope.structure.weibull import fit_weibull
 
 log = logging.getLogger(__name__)
 
-# The version is part of every cell's key: bump it when rows change shape or meaning, so that older cells
-# are recomputed. The four kinds of cell share these columns; the rest depends on `kind` (and `row_type`).
-ROWS = RowSchema(4, {"model": "str", "digest": "str", "kind": "str", "cell": "str"})
 
 
 SPLITS = ("dev", "test")

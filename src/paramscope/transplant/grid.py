@@ -27,8 +27,9 @@ from paramscope.evaluation.documents import Doc, Scores
 from paramscope.evaluation.scorer import score
 from paramscope.evaluation.tasks import task_docs
 from paramscope.models import zoo
+from paramscope.row_schemas import TRANSPLANT as ROWS
 from paramscope.stats import bootstrap_ratio_ci, bootstrap_recovery_ci, paired_bootstrap_ci
-from paramscope.store import Cell, CellGrid, RowSchema
+from paramscope.store import Cell, CellGrid
 from paramscope.transplant.apply import export_transplant, transplanted
 from paramscope.transplant.modules import Module, module_registry
 from paramscope.transplant.plan import Pair, Plan, resolve_k
@@ -42,14 +43,6 @@ from paramscope.transplant.vocabulary import compare_vocabularies
 
 log = logging.getLogger(__name__)
 
-# The version is part of every cell's key: bump it when rows change shape or meaning, so old cells are
-# recomputed. Version 2: the atlas's columns that version 1 reused with other meanings (unit = replicate,
-# n_units = k, value = alpha, unit_name = label; group, layer and op constant) are gone.
-ROWS = RowSchema(2, {"model": "str", "digest": "str", "task": "str", "split": "str", "cell": "str", "donor": "str",
-                     "pair": "str", "kind": "str", "method": "str", "ranking": "str", "replicate": "int", "k": "int",
-                     "n_modules": "int", "alpha": "float", "n": "int", "acc": "float", "acc_clean": "float",
-                     "delta_acc": "float", "ci_low": "float", "ci_high": "float", "tir": "float", "gbr": "float",
-                     "modules": "list", "ex_doc_ids": "list", "ex_correct": "list"})
 WORKLOAD = "dev contexts, mean |output| at the last token"  # what selection measures (in the key)
 # (task, split, tokenizer) -> that split's documents: the one place the grid reads files through the config
 Documents = Callable[[str, str, object], tuple[Doc, ...]]

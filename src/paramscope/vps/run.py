@@ -28,8 +28,9 @@ from paramscope.evaluation.scorer import score
 from paramscope.evaluation.tasks import split_definition, task_docs
 from paramscope.models import zoo
 from paramscope.models.adapters import get_adapter
+from paramscope.row_schemas import VPS as ROWS
 from paramscope.selection import selected
-from paramscope.store import CellGrid, RowSchema
+from paramscope.store import CellGrid
 from paramscope.vps.overhead import measure
 from paramscope.vps.policy import MODES
 from paramscope.vps.selection import BUILDERS
@@ -38,11 +39,6 @@ from paramscope.vps.wrapper import LAYER_SETS, VPSConfig, projection_names, shar
 
 log = logging.getLogger(__name__)
 
-# The version is part of every cell's key and a column of every row: bump it when rows change shape or
-# meaning; cells of other versions are pruned.
-ROWS = RowSchema(3, {"model": "str", "digest": "str", "task": "str", "split": "str", "condition": "str", "cell": "str",
-                     "schema": "int", "n": "int", "acc": "float", "loss": "float", "ex_doc_ids": "list",
-                     "ex_correct": "list"}, version_column="schema")
 SETTINGS = ("tau", "clamp", "ridge", "lo_ratio")  # fixed per job, recorded in every VPS row
 AXES = ("gamma", "rank", "builder", "layer_set", "policy")
 PHASES = ("all", "dev")  # dev: the grid only (e.g. for multirun jobs), no test scoring

@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from paramscope.ablation.run import ROWS as ABLATE_ROWS
+from paramscope import row_schemas
 from paramscope.errors import StudyError
-from paramscope.evaluation.run import ROWS as EVAL_ROWS
 from paramscope.report.atlas.keys import MAP_KEYS
 from paramscope.store import load_results
 
 PRODUCER = {"eval": "evaluate", "ablate": "ablate"}
-SCHEMA = {"eval": EVAL_ROWS, "ablate": ABLATE_ROWS}  # what the writing stages declare, checked per cell
+SCHEMA = {"eval": row_schemas.EVAL, "ablate": row_schemas.ABLATE}  # what the writing stages declare, checked per cell
 
 
 def load_inputs(results: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
