@@ -184,3 +184,42 @@ def test_reformatting_a_conf_file_reruns_nothing(recorded):
     """Reformatting a file without changing a value is no change (DVC compares values, not bytes)."""
     changed, ran, diff = edited(recorded, "conf/vps.yaml", "rank: [2, 8]", "rank:  [2,  8]")
     assert changed == set() and ran == set() and diff == {}
+
+
+# ------------------------------------------------------------------------- code dependencies
+
+
+def _paramscope_imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The library modules a file imports (inside functions too), with the packages they sit in."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "paramscope":
+            found |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return {".".join(m.split(".")[:i]) for m in found for i in range(1, m.count(".") + 2)} & modules.keys()
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_a_stage_depends_on_every_library_module_it_imports(name):
+    """A change to any module a stage's script imports, directly or through others, reruns the stage: its
+    deps cover every file of that import closure (a report topic loaded by name counts as imported)."""
+    src = ROOT / "src"
+    modules = {".".join(p.relative_to(src).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in (src / "paramscope").rglob("*.py")}
+    stage = STAGES[name]
+    cmd = stage["cmd"] if isinstance(stage["cmd"], str) else " ".join(stage["cmd"])
+    todo = [*_paramscope_imports(ROOT / re.search(r"stages/\w+\.py", cmd).group(0), modules),
+            *(f"paramscope.report.{topic}" for topic in re.findall(r"topic=(\w+)", cmd))]
+    closure: set[str] = set()
+    while todo:
+        module = todo.pop()
+        if module not in closure:
+            closure.add(module)
+            todo += _paramscope_imports(modules[module], modules)
+    deps = [d.rstrip("/") for d in stage.get("deps", [])]
+    files = sorted(modules[m].relative_to(ROOT).as_posix() for m in closure)
+    uncovered = [f for f in files if not any(f == d or f.startswith(d + "/") for d in deps)]
+    assert len(files) > 1 and uncovered == []
