@@ -122,8 +122,7 @@ def _usable(path: Path, schema: RowSchema | None) -> pa.Table | None:
 
 def _read_cell(path: Path, stage: str, schema: RowSchema | None) -> pd.DataFrame:
     try:
-        read_cell(path, schema)  # the grid's own check; pandas then reads it with its own column types
-        return pd.read_parquet(path)
+        return read_cell(path, schema).to_pandas()  # read once, checked as the grid checks it
     except (DamagedCell, pa.ArrowException, OSError) as err:
         raise StudyError(f"damaged result cell {path} ({str(err).splitlines()[0]}); rerun the stage that writes "
                          f"results/{stage} (dvc repro) to recompute it") from None
